@@ -1,0 +1,1 @@
+"""Hooks: one module per integration; each owns a connection type."""

@@ -1,0 +1,110 @@
+"""Shared hook plumbing: lazy connection, extras read by name from an allowlist, test_connection."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook
+
+from airflow_provider_mlplat import connection_fields
+from airflow_provider_mlplat.exceptions import MLPlatConfigError
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+
+class MLPlatHook(BaseHook):
+    """
+    Base of the provider's hooks: no I/O until used; the connection is fetched once.
+
+    Subclasses set ``conn_type``, ``default_conn_name``, ``hook_name`` and implement ``probe()``.
+
+    :param conn_id: Airflow connection id.
+    """
+
+    conn_name_attr = "conn_id"
+    conn_type = ""
+    default_conn_name = ""
+    hook_name = ""
+
+    def __init__(self, conn_id: str | None = None) -> None:
+        super().__init__()
+        self.conn_id = conn_id or self.default_conn_name
+
+    @cached_property
+    def connection(self) -> Connection:
+        """The Airflow connection, fetched on first use."""
+        return self.get_connection(self.conn_id)
+
+    def extra(self, name: str, default: Any = None) -> Any:
+        """
+        One connection extra, by name; only the extras the connection type declares can be read.
+
+        :param name: extra field name.
+        :param default: value when the extra is unset or empty.
+        """
+        allowed = connection_fields(self.conn_type)
+        if name not in allowed:
+            raise KeyError(f"{name!r} is not an extra of {self.conn_type} connections; known: {allowed}")
+        value = self.connection.extra_dejson.get(name)
+        return default if value in (None, "") else value
+
+    def json_extra(self, name: str) -> dict[str, Any] | None:
+        """
+        A connection extra that holds a JSON object (as text or already parsed).
+
+        :param name: extra field name.
+        """
+        value = self.extra(name)
+        if value is None or isinstance(value, Mapping):
+            return dict(value) if value is not None else None
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise MLPlatConfigError(
+                f"connection {self.conn_id!r}: extra {name!r} must be a JSON object, got {value!r} ({err})"
+            ) from None
+        if not isinstance(parsed, dict):
+            raise MLPlatConfigError(
+                f"connection {self.conn_id!r}: extra {name!r} must be a JSON object, got {value!r}"
+            )
+        return parsed
+
+    def probe(self) -> str:
+        """Really talk to the service; return a one-line description of what answered."""
+        raise NotImplementedError
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the connection from the Airflow UI / CLI by calling the service."""
+        try:
+            return True, self.probe()
+        except Exception as err:  # the UI shows the message; any failure means "not connected"
+            return False, f"{type(err).__name__}: {err}"
+
+
+@contextmanager
+def scoped_env(values: Mapping[str, str | None]) -> Iterator[None]:
+    """
+    Set environment variables for the duration of a block, then restore them exactly.
+
+    :param values: variables to set; ``None`` removes the variable inside the block.
+    """
+    saved = {key: os.environ.get(key) for key in values}
+    try:
+        for key, value in values.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,0 +1,1 @@
+"""Sensors: one module per integration where waiting is needed."""
