@@ -35,9 +35,9 @@ CONNECTION_TYPES: dict[str, dict[str, Any]] = {
         "name": "Feast feature store",
         "fields": {
             "repo_path": _text("Feature repo path (folder holding feature_store.yaml)"),
-            "online_store": _text("Online store override (JSON, e.g. {\"type\": \"redis\", ...})"),
+            "online_store": _text('Online store override (JSON, e.g. {"type": "redis", ...})'),
             "offline_store": _text("Offline store override (JSON)"),
-            "batch_engine": _text("Batch engine override (JSON, e.g. {\"type\": \"ray.engine\"})"),
+            "batch_engine": _text('Batch engine override (JSON, e.g. {"type": "ray.engine"})'),
             "registry": _text("Registry path or URI override"),
         },
         "behaviour": {"hidden-fields": ["host", "schema", "login", "password", "port", "extra"]},

@@ -89,6 +89,6 @@ def sanitize_uri(uri: SplitResult) -> SplitResult:
             f"invalid {uri.scheme} asset URI {uri.geturl()!r}: expected "
             f"{uri.scheme}://<{names[0]}>/<{names[1]}>".replace("<models>", "models")
         )
-    for kind, value in zip(names, parts):
+    for kind, value in zip(names, parts, strict=True):
         _check(kind, value)
     return uri

@@ -40,10 +40,15 @@ def _platform(args: argparse.Namespace, starting: bool):
         return platform.load(args.home)
     services = tuple(s.strip() for s in args.services.split(",")) if args.services else None
     settings = platform.Settings.from_env(
-        home=args.home, airflow_port=args.airflow_port, mlflow_port=args.mlflow_port,
-        ray_port=args.ray_port, ray_dashboard_port=args.ray_dashboard_port,
-        airflow_db_url=args.airflow_db_url, mlflow_db_url=args.mlflow_db_url,
-        dags_folder=args.dags_folder, services=services,
+        home=args.home,
+        airflow_port=args.airflow_port,
+        mlflow_port=args.mlflow_port,
+        ray_port=args.ray_port,
+        ray_dashboard_port=args.ray_dashboard_port,
+        airflow_db_url=args.airflow_db_url,
+        mlflow_db_url=args.mlflow_db_url,
+        dags_folder=args.dags_folder,
+        services=services,
     )
     saved = platform.load(settings.home)
     if saved.supervisor_running() and saved.settings != settings and args.command == "up":
@@ -88,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                 _print_status(services, plat)
             return 0 if all(s["ok"] for s in services.values()) else 1
         killed = plat.down()
-        print(f"ML platform under {plat.home} stopped" + (f" ({len(killed)} leftover process(es) ended)" if killed else ""))
+        print(
+            f"ML platform under {plat.home} stopped"
+            + (f" ({len(killed)} leftover process(es) ended)" if killed else "")
+        )
         return 0
     except MLPlatError as err:
         print(f"mlplat {args.command}: {err}", file=sys.stderr)

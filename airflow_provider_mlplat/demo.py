@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_mlplat.exceptions import MLPlatServiceUnavailable
@@ -70,7 +70,7 @@ class AirflowRestClient:
         :param conf: run configuration (params).
         """
         self.http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
-        body = {"logical_date": datetime.now(timezone.utc).isoformat(), "conf": conf or {}}
+        body = {"logical_date": datetime.now(UTC).isoformat(), "conf": conf or {}}
         response = self.http.post(f"/dags/{dag_id}/dagRuns", json=body)
         response.raise_for_status()
         return response.json()["dag_run_id"]
@@ -111,7 +111,7 @@ def run_demo(platform: Platform) -> int:
     run = api.wait_for_run("platform_check", run_id)
     for ti in sorted(run["tasks"], key=lambda t: (t["task_id"], t["map_index"])):
         label = ti.get("rendered_map_index") or (ti["map_index"] if ti["map_index"] >= 0 else "")
-        print(f"  {ti['task_id']:<22} {str(label):<16} {ti['state']:<8} {ti.get('duration') or 0:.1f} s")
+        print(f"  {ti['task_id']:<22} {label!s:<16} {ti['state']:<8} {ti.get('duration') or 0:.1f} s")
     print(f"  run {run_id}: {run['state']}")
     print(f"\nAirflow: http://127.0.0.1:{s.airflow_port}/dags/platform_check")
     if "mlflow" in s.services:

@@ -114,6 +114,7 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     priority: int = 100
     autostart: bool = True
+    stop_wait: int = 20
 
 
 class Platform:
@@ -196,10 +197,18 @@ class Platform:
                 Service(
                     name="mlflow",
                     command=[
-                        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(s.mlflow_port),
-                        "--workers", "1",
-                        "--backend-store-uri", s.mlflow_db_url or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}",
-                        "--artifacts-destination", str(self.home / "mlflow" / "artifacts"),
+                        str(BIN / "mlflow"),
+                        "server",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(s.mlflow_port),
+                        "--workers",
+                        "1",
+                        "--backend-store-uri",
+                        s.mlflow_db_url or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}",
+                        "--artifacts-destination",
+                        str(self.home / "mlflow" / "artifacts"),
                     ],
                     # the job runner is not used by the platform and costs ~1 GB
                     env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
@@ -214,20 +223,36 @@ class Platform:
                 Service(
                     name="ray",
                     command=[
-                        str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
-                        "--node-ip-address", "127.0.0.1", "--port", str(s.ray_port),
-                        "--ray-client-server-port", str(s.ray_port + 1),
-                        "--dashboard-agent-listen-port", str(s.ray_port + 2),
-                        "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-                        "--dashboard-port", str(s.ray_dashboard_port),
-                        "--object-store-memory", str(1_000_000_000),
-                        "--temp-dir", str(s.run_dir / "ray"),
+                        str(BIN / "ray"),
+                        "start",
+                        "--head",
+                        "--block",
+                        "--disable-usage-stats",
+                        "--node-ip-address",
+                        "127.0.0.1",
+                        "--port",
+                        str(s.ray_port),
+                        "--ray-client-server-port",
+                        str(s.ray_port + 1),
+                        "--dashboard-agent-listen-port",
+                        str(s.ray_port + 2),
+                        "--include-dashboard",
+                        "true",
+                        "--dashboard-host",
+                        "127.0.0.1",
+                        "--dashboard-port",
+                        str(s.ray_dashboard_port),
+                        "--object-store-memory",
+                        str(1_000_000_000),
+                        "--temp-dir",
+                        str(s.run_dir / "ray"),
                     ],
                     env=self.ray_env(),
                     url=f"http://127.0.0.1:{s.ray_dashboard_port}",
                     health_path="/api/version",
                     ports=(s.ray_port, s.ray_port + 1, s.ray_port + 2, s.ray_dashboard_port),
                     priority=10,
+                    stop_wait=5,  # GCS and raylet can ignore SIGTERM for 20 s and more
                 )
             )
         if "airflow" in s.services:
@@ -278,24 +303,41 @@ class Platform:
         token.touch(mode=0o600)
         token.write_text(sec["ray_auth_token"])
         lines = [
-            "[unix_http_server]", f"file={self.socket}", "chmod=0700", "",
-            "[supervisord]", f"logfile={self.home / 'logs' / 'supervisord.log'}",
-            f"pidfile={self.settings.run_dir / 'supervisord.pid'}", f"directory={self.home}",
-            f"environment={MARKER}={_quote(str(self.home))}", "",
+            "[unix_http_server]",
+            f"file={self.socket}",
+            "chmod=0700",
+            "",
+            "[supervisord]",
+            f"logfile={self.home / 'logs' / 'supervisord.log'}",
+            f"pidfile={self.settings.run_dir / 'supervisord.pid'}",
+            f"directory={self.home}",
+            f"environment={MARKER}={_quote(str(self.home))}",
+            "",
             "[rpcinterface:supervisor]",
-            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
-            "[supervisorctl]", f"serverurl=unix://{self.socket}", "",
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+            "",
+            "[supervisorctl]",
+            f"serverurl=unix://{self.socket}",
+            "",
         ]
         for svc in self.services():
             env = ",".join(f"{k}={_quote(v, always=True)}" for k, v in svc.env.items())
             lines += [
                 f"[program:{svc.name}]",
                 "command=" + " ".join(_quote(part) for part in svc.command),
-                f"priority={svc.priority}", f"autostart={str(svc.autostart).lower()}",
-                "autorestart=unexpected", "startsecs=3", "startretries=2",
-                "stopasgroup=true", "killasgroup=true", "stopwaitsecs=20", "stopsignal=TERM",
-                f"stdout_logfile={self.home / 'logs' / (svc.name + '.log')}", "redirect_stderr=true",
-                "stdout_logfile_maxbytes=20MB", "stdout_logfile_backups=2",
+                f"priority={svc.priority}",
+                f"autostart={str(svc.autostart).lower()}",
+                "autorestart=unexpected",
+                "startsecs=3",
+                "startretries=2",
+                "stopasgroup=true",
+                "killasgroup=true",
+                "stopwaitsecs=20",
+                "stopsignal=TERM",
+                f"stdout_logfile={self.home / 'logs' / (svc.name + '.log')}",
+                "redirect_stderr=true",
+                "stdout_logfile_maxbytes=20MB",
+                "stdout_logfile_backups=2",
             ]
             if env:
                 lines.append(f"environment={env}")
@@ -354,10 +396,15 @@ class Platform:
             self.write_config()
             started_supervisor = subprocess.run(
                 [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf_file)],
-                cwd=self.home, env=_clean_env(), capture_output=True, text=True,
+                cwd=self.home,
+                env=_clean_env(),
+                capture_output=True,
+                text=True,
             )
             if started_supervisor.returncode:
-                raise MLPlatServiceUnavailable(f"supervisord did not start: {started_supervisor.stderr.strip()}")
+                raise MLPlatServiceUnavailable(
+                    f"supervisord did not start: {started_supervisor.stderr.strip()}"
+                )
             _wait(self.supervisor_running, 15, "supervisord did not start; see logs/supervisord.log")
         rpc = self.rpc()
         if "airflow" in self.settings.services:
@@ -399,8 +446,9 @@ class Platform:
                 continue  # the API server's health report covers the other components
             try:
                 response = httpx.get(
-                    svc.url + svc.health_path, timeout=3, headers={"Authorization": f"Bearer {token}"}
-                    if svc.name == "ray" else None,
+                    svc.url + svc.health_path,
+                    timeout=3,
+                    headers={"Authorization": f"Bearer {token}"} if svc.name == "ray" else None,
                 )
                 ok, detail = response.status_code == 200, f"HTTP {response.status_code}"
                 if ok and svc.name == "airflow-api-server":
@@ -410,7 +458,11 @@ class Platform:
             except httpx.HTTPError as err:
                 ok, detail = False, type(err).__name__
             name = "airflow" if svc.name.startswith("airflow-") else svc.name
-            out[name] = {"ok": ok, "url": svc.url if name != "airflow" else f"http://127.0.0.1:{s.airflow_port}", "detail": detail}
+            out[name] = {
+                "ok": ok,
+                "url": svc.url if name != "airflow" else f"http://127.0.0.1:{s.airflow_port}",
+                "detail": detail,
+            }
         return out
 
     def status(self) -> dict[str, dict[str, Any]]:

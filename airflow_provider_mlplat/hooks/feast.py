@@ -39,7 +39,9 @@ class FeastHook(MLPlatHook):
         """The feature repo folder; it must hold a feature_store.yaml."""
         value = self.extra("repo_path")
         if not value:
-            raise MLPlatConfigError(f"connection {self.conn_id!r} has no repo_path extra: set the feature repo folder")
+            raise MLPlatConfigError(
+                f"connection {self.conn_id!r} has no repo_path extra: set the feature repo folder"
+            )
         path = Path(os.path.expandvars(value)).expanduser()
         if not (path / "feature_store.yaml").is_file():
             raise MLPlatConfigError(

@@ -36,7 +36,9 @@ class MLflowHook(MLPlatHook):
         """The tracking URI from the connection's host."""
         host = self.connection.host or ""
         if not host:
-            raise ValueError(f"connection {self.conn_id!r} has no host: set the tracking URI, e.g. http://127.0.0.1:5000")
+            raise ValueError(
+                f"connection {self.conn_id!r} has no host: set the tracking URI, e.g. http://127.0.0.1:5000"
+            )
         return host.rstrip("/")
 
     @property
@@ -69,6 +71,8 @@ class MLflowHook(MLPlatHook):
 
     def probe(self) -> str:
         """List one experiment: proves the server answers and accepts the credentials."""
-        with self.credentials():
+        # a connection test answers at once: no retries with backoff (the default waits minutes)
+        fail_fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+        with self.credentials(), scoped_env(fail_fast):
             experiments = self.client.search_experiments(max_results=1)
         return f"MLflow at {self.tracking_uri} answered ({len(experiments)} experiment(s) listed)"

@@ -34,7 +34,9 @@ class RayHook(MLPlatHook):
         """The dashboard address, with a scheme."""
         host = (self.connection.host or "").rstrip("/")
         if not host:
-            raise ValueError(f"connection {self.conn_id!r} has no host: set the Ray dashboard address, e.g. http://127.0.0.1:8265")
+            raise ValueError(
+                f"connection {self.conn_id!r} has no host: set the Ray dashboard address, e.g. http://127.0.0.1:8265"
+            )
         if "://" not in host:
             host = f"http://{host}:{self.connection.port or 8265}"
         return host
@@ -57,5 +59,9 @@ class RayHook(MLPlatHook):
         return self.client
 
     def probe(self) -> str:
-        """Ask the dashboard for its Ray version."""
-        return f"Ray {self.client.get_version()} at {self.address}"
+        """List the cluster's jobs (needs the token when auth is on) and read its Ray version."""
+        import httpx
+
+        jobs = self.client.list_jobs()
+        version = httpx.get(f"{self.address}/api/version", headers=self.headers, timeout=10).json()
+        return f"Ray {version.get('ray_version')} at {self.address}: {len(jobs)} job(s)"

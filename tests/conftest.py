@@ -1,0 +1,287 @@
+"""Test harness: isolated Airflow, real local services, DAG runner, Kubernetes emulator, CRD checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CRD_DIR = REPO.parent / "shared" / "k8s-crds"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# An isolated Airflow for the whole test session, configured before anything imports airflow.
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="mlplat-airflow-"))
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}",
+        "AIRFLOW__CORE__FERNET_KEY": "",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "mlplat-tests-" + "x" * 64,
+        "AIRFLOW__MLPLAT__ARTIFACT_ROOT": str(_AIRFLOW_HOME / "artifacts"),
+    }
+)
+
+
+def unavailable(reason: str) -> None:
+    """Skip a test whose service is missing, except under CI=true where that is a failure."""
+    if IN_CI:
+        pytest.fail(f"required service unavailable under CI=true: {reason}")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_port_block(size: int) -> int:
+    """The first of ``size`` consecutive free ports."""
+    for _ in range(100):
+        base = free_port()
+        if base + size >= 65534:
+            continue
+        socks = []
+        try:
+            for port in range(base, base + size):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no block of free ports")
+
+
+def set_connection(conn_id: str, **fields: Any) -> None:
+    """Define an Airflow connection for this test session through the environment."""
+    os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(fields)
+
+
+# -- Airflow ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated Airflow metadata DB (SQLite) for this session; returns AIRFLOW_HOME."""
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return _AIRFLOW_HOME
+
+
+@dataclass
+class DagRunResult:
+    """What a DAG run left: its state, each task instance's state, and return values."""
+
+    state: str
+    run_id: str
+    states: dict[str, str] = field(default_factory=dict)
+    xcoms: dict[str, Any] = field(default_factory=dict)
+
+
+@pytest.fixture
+def run_dag(airflow_db):
+    """
+    Run a DAG from ``dags/`` to completion the Airflow 3.3 way (``dag.test()``, which serializes
+    the DAG bundle first) and return a :class:`DagRunResult`. Mapped tasks appear as
+    ``task_id[map_index]``.
+    """
+
+    def run(dag_id: str, conf: dict[str, Any] | None = None, logical_date=None) -> DagRunResult:
+        from airflow.dag_processing.dagbag import DagBag
+        from airflow.models.xcom import XComModel
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        bag = DagBag(dag_folder=str(REPO / "dags"))
+        assert not bag.import_errors, bag.import_errors
+        dag = bag.get_dag(dag_id)
+        assert dag is not None, f"no DAG {dag_id!r} in dags/: {sorted(bag.dag_ids)}"
+        kwargs = {"run_conf": conf} if conf else {}
+        if logical_date is not None:
+            kwargs["logical_date"] = logical_date
+        dag_run = dag.test(**kwargs)
+
+        def key(ti) -> str:
+            return ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
+
+        with create_session() as session:
+            tis = dag_run.get_task_instances(session=session)
+            states = {key(ti): str(ti.state) for ti in tis}
+            rows = session.scalars(
+                select(XComModel).where(
+                    XComModel.dag_id == dag_id,
+                    XComModel.run_id == dag_run.run_id,
+                    XComModel.key == "return_value",
+                )
+            ).all()
+            xcoms = {key(row): XComModel.deserialize_value(row) for row in rows}
+        return DagRunResult(state=str(dag_run.state), run_id=dag_run.run_id, states=states, xcoms=xcoms)
+
+    return run
+
+
+# -- the local platform's services ---------------------------------------------------------------
+
+
+def _start_platform(tmp_path_factory, services: tuple[str, ...]):
+    from airflow_provider_mlplat.platform import Platform, Settings
+
+    ray_base = free_port_block(3)
+    settings = Settings(
+        home=tmp_path_factory.mktemp("mlplat-" + "-".join(services)),
+        airflow_port=free_port(),
+        mlflow_port=free_port(),
+        ray_port=ray_base,
+        ray_dashboard_port=free_port(),
+        services=services,
+    )
+    platform = Platform(settings)
+    try:
+        platform.up(timeout=180)
+    except Exception:
+        platform.down()
+        raise
+    return platform
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server (SQLite backend) run by the platform; sets ``mlflow_default``."""
+    platform = _start_platform(tmp_path_factory, ("mlflow",))
+    uri = f"http://127.0.0.1:{platform.settings.mlflow_port}"
+    set_connection("mlflow_default", conn_type="mlflow", host=uri)
+    yield uri
+    platform.down()
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    """A running local Ray head."""
+
+    address: str
+    token: str
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A real local Ray head (dashboard + Job API, token auth) run by the platform; sets ``ray_default``."""
+    platform = _start_platform(tmp_path_factory, ("ray",))
+    address = f"http://127.0.0.1:{platform.settings.ray_dashboard_port}"
+    token = platform.secrets()["ray_auth_token"]
+    set_connection("ray_default", conn_type="ray", host=address, password=token)
+    yield RayCluster(address=address, token=token, env=platform.ray_env())
+    platform.down()
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, empty database on the machine's PostgreSQL (127.0.0.1:5432), dropped afterwards."""
+    import sqlalchemy
+
+    admin_url = os.environ.get(
+        "MLPLAT_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+    )
+    name = f"mlplat_test_{uuid.uuid4().hex[:10]}"
+    engine = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    except sqlalchemy.exc.OperationalError as err:
+        unavailable(f"PostgreSQL at {admin_url} is not reachable: {err.orig}")
+    yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture
+def redis_url():
+    """The machine's Redis (127.0.0.1:6379), database 15, emptied before and after the test."""
+    import redis
+
+    url = os.environ.get("MLPLAT_TEST_REDIS", "redis://127.0.0.1:6379/15")
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    except redis.exceptions.ConnectionError as err:
+        unavailable(f"Redis at {url} is not reachable: {err}")
+    yield url
+    client.flushdb()
+    client.close()
+
+
+# -- Kubernetes ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def k8s(tmp_path):
+    """
+    A Kubernetes API emulator with the KubeRay and KServe CRDs registered, and an Airflow
+    ``kubernetes_default`` connection pointing at it (namespace ``default``).
+    """
+    from tests.k8s_emulator import K8sEmulator
+
+    with K8sEmulator() as emulator:
+        emulator.register("ray.io", "v1", "rayjobs", "RayJob")
+        emulator.register("ray.io", "v1", "rayclusters", "RayCluster")
+        emulator.register("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService")
+        config = emulator.kubeconfig(tmp_path / "kubeconfig")
+        set_connection(
+            "kubernetes_default",
+            conn_type="kubernetes",
+            extra={"kube_config_path": str(config), "namespace": "default"},
+        )
+        yield emulator
+
+
+def _crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    import yaml
+
+    if not CRD_DIR.is_dir():
+        unavailable(f"the official CRD schemas are not at {CRD_DIR}")
+    schemas = {}
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            schemas[(f"{group}/{version['name']}", kind)] = version["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+@pytest.fixture(scope="session")
+def validate_manifest():
+    """
+    Validate a manifest against the official CRD schema of its apiVersion/kind in
+    ``../shared/k8s-crds/``; raises ``jsonschema.ValidationError`` naming the bad field.
+    """
+    import jsonschema
+
+    schemas = _crd_schemas()
+
+    def validate(manifest: dict[str, Any]) -> None:
+        key = (manifest.get("apiVersion"), manifest.get("kind"))
+        assert key in schemas, f"no CRD for {key}; known: {sorted(schemas)}"
+        jsonschema.validate(manifest, schemas[key])
+
+    return validate
