@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -23,7 +23,7 @@ def main() -> int:
         started = time.monotonic()
         print(f"== bench {name}", flush=True)
         section = importlib.import_module(f"bench.bench_{name}").run()
-        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         sections[name] = (
             f"{section.strip()}\n\n_Command: `make bench` (or `uv run python -m bench {name}`); "
             f"{stamp}, {time.monotonic() - started:.0f} s._\n"

@@ -1,0 +1,66 @@
+"""Artifact storage: where operators put data and reports (local path or object storage URI)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+
+def artifact_root() -> ObjectStoragePath:
+    """The ``[mlplat] artifact_root`` setting as a path (``file://`` when it is a local path)."""
+    import os
+
+    from airflow.configuration import conf
+    from airflow.sdk import ObjectStoragePath
+
+    root = conf.get("mlplat", "artifact_root", fallback="") or "{AIRFLOW_HOME}/mlplat-artifacts"
+    root = root.replace("{AIRFLOW_HOME}", os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")))
+    return ObjectStoragePath(root if "://" in root else f"file://{os.path.abspath(root)}")
+
+
+def _safe(part: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", part)
+
+
+def task_artifact_dir(context: Any, *parts: str) -> ObjectStoragePath:
+    """
+    A deterministic folder for one task instance's artifacts: ``<root>/<dag>/<run>/<task>[/<map>]/...``
+    (a retry writes to the same place, so it replaces rather than duplicates).
+
+    :param context: the task's Airflow context.
+    :param parts: sub-folders below the task's folder.
+    """
+    ti = context["ti"]
+    path = artifact_root() / _safe(ti.dag_id) / _safe(ti.run_id) / _safe(ti.task_id)
+    if getattr(ti, "map_index", -1) >= 0:
+        path = path / str(ti.map_index)
+    for part in parts:
+        path = path / _safe(part)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_json(path: ObjectStoragePath, data: Any) -> str:
+    """
+    Write JSON to artifact storage; return the URI.
+
+    :param path: target file.
+    :param data: JSON-able data.
+    """
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    return str(path)
+
+
+def read_json(uri: str) -> Any:
+    """
+    Read a JSON artifact.
+
+    :param uri: file URI, object storage URI or local path.
+    """
+    from airflow.sdk import ObjectStoragePath
+
+    return json.loads(ObjectStoragePath(uri).read_text())
