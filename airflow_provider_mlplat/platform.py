@@ -376,6 +376,8 @@ class Platform:
         for svc in self.services():
             for port in svc.ports:
                 with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    # as the servers do, so that a port in TIME_WAIT after `down` counts as free
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     try:
                         sock.bind(("127.0.0.1", port))
                     except OSError:

@@ -195,24 +195,37 @@ def ray_cluster(tmp_path_factory):
 
 
 @pytest.fixture
-def postgres_url():
-    """A fresh, empty database on the machine's PostgreSQL (127.0.0.1:5432), dropped afterwards."""
+def postgres_db_factory():
+    """Make fresh, empty databases on the machine's PostgreSQL (127.0.0.1:5432); dropped afterwards."""
     import sqlalchemy
 
     admin_url = os.environ.get(
         "MLPLAT_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
     )
-    name = f"mlplat_test_{uuid.uuid4().hex[:10]}"
     engine = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    except sqlalchemy.exc.OperationalError as err:
-        unavailable(f"PostgreSQL at {admin_url} is not reachable: {err.orig}")
-    yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"mlplat_test_{uuid.uuid4().hex[:10]}"
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+        except sqlalchemy.exc.OperationalError as err:
+            unavailable(f"PostgreSQL at {admin_url} is not reachable: {err.orig}")
+        created.append(name)
+        return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+    yield make
     with engine.connect() as conn:
-        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        for name in created:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_db_factory) -> str:
+    """A fresh, empty database on the machine's PostgreSQL, dropped afterwards."""
+    return postgres_db_factory()
 
 
 @pytest.fixture
