@@ -411,10 +411,10 @@ class Platform:
         rpc = self.rpc()
         if "airflow" in self.settings.services:
             self._airflow_cli("db", "migrate")
-            self._import_connections()
             for svc in self.services():
                 if rpc.getProcessInfo(svc.name)["statename"] not in ("RUNNING", "STARTING"):
                     rpc.startProcess(svc.name, False)
+            self._import_connections()  # while the components boot
         self.wait_healthy(timeout)
         return {"seconds": round(time.monotonic() - started, 1), "services": self.status()}
 
