@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -101,6 +102,9 @@ def run_demo(platform: Platform) -> int:
     :param platform: a platform that is up.
     """
     s = platform.settings
+    if "airflow" not in s.services:
+        print("the demo runs DAGs: start the platform with the airflow service", file=sys.stderr)
+        return 2
     api = AirflowRestClient(
         f"http://127.0.0.1:{s.airflow_port}", "admin", platform.secrets()["airflow_admin_password"]
     )

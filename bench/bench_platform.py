@@ -34,8 +34,13 @@ def run() -> str:
         while any(_port_taken(p) for p in (ray_port + 1, ray_port + 2)):
             ray_port = _free_port()
         platform = Platform(
-            Settings(home=home, airflow_port=_free_port(), mlflow_port=_free_port(), ray_port=ray_port,
-                     ray_dashboard_port=_free_port())
+            Settings(
+                home=home,
+                airflow_port=_free_port(),
+                mlflow_port=_free_port(),
+                ray_port=ray_port,
+                ray_dashboard_port=_free_port(),
+            )
         )
         started = time.monotonic()
         try:

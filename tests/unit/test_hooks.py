@@ -164,3 +164,17 @@ def test_feast_hook_rejects_a_folder_without_feature_store_yaml(tmp_path):
     set_connection("feast_nopath", conn_type="feast")
     with pytest.raises(MLPlatConfigError, match="has no repo_path extra"):
         _ = FeastHook("feast_nopath").repo_path
+
+
+def test_kserve_hook_on_kubernetes_lists_inference_services(k8s):
+    set_connection(
+        "kserve_k8s",
+        conn_type="kserve",
+        extra={"kubernetes_conn_id": "kubernetes_default", "namespace": "ml"},
+    )
+    hook = KServeHook("kserve_k8s")
+    assert hook.on_kubernetes and hook.namespace == "ml"
+    ok, message = hook.test_connection()
+    assert ok, message
+    assert message == "KServe on Kubernetes: 0 InferenceService(s) in 'ml'"
+    assert k8s.count("GET", "inferenceservices") == 1  # asked the (emulated) API server
