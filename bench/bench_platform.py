@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import tempfile
 import time
 from collections import defaultdict
@@ -10,14 +9,9 @@ from collections import defaultdict
 import psutil
 
 from airflow_provider_mlplat.platform import Platform, Settings
+from tests.ports import free_port, free_port_block
 
 SETTLE_S = 20
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _group(proc: psutil.Process) -> str:
@@ -30,16 +24,13 @@ def _group(proc: psutil.Process) -> str:
 
 def run() -> str:
     with tempfile.TemporaryDirectory() as home:
-        ray_port = _free_port()
-        while any(_port_taken(p) for p in (ray_port + 1, ray_port + 2)):
-            ray_port = _free_port()
         platform = Platform(
             Settings(
                 home=home,
-                airflow_port=_free_port(),
-                mlflow_port=_free_port(),
-                ray_port=ray_port,
-                ray_dashboard_port=_free_port(),
+                airflow_port=free_port(),
+                mlflow_port=free_port(),
+                ray_port=free_port_block(3),
+                ray_dashboard_port=free_port(),
             )
         )
         started = time.monotonic()
@@ -69,12 +60,3 @@ def run() -> str:
         "| group | RSS (MiB) |\n|---|---|\n" + rows + "\n\nRSS double-counts pages shared between forked "
         "processes (the Airflow workers, Ray's dashboard modules), so the real memory use is lower."
     )
-
-
-def _port_taken(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
