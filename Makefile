@@ -1,41 +1,43 @@
 # The two commands a new user runs: `make demo` and `make test`.
 SHELL := /bin/bash
-export PATH := $(HOME)/.local/bin:$(PATH)
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv from PATH, else the one `make` installs with pip (run as a module: no PATH assumptions)
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 export UV_COMPILE_BYTECODE := 1
+# `install` syncs once; the other targets run in that environment as it is
+RUN := $(UV) run --frozen --no-sync
 
-.PHONY: install demo test lint unit integration bench up down status clean
+.PHONY: uv install demo test lint unit integration bench up down status clean
 
-$(UV):
-	@command -v uv >/dev/null 2>&1 || python3 -m pip install --user --quiet uv || python3 -m pip install --quiet uv
+uv:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 
-install: $(UV)
+install: uv
 	$(UV) sync --frozen
 
 demo: install
-	$(UV) run --frozen mlplat demo
+	$(RUN) mlplat demo
 
 up: install
-	$(UV) run --frozen mlplat up
+	$(RUN) mlplat up
 
 status:
-	$(UV) run --frozen mlplat status
+	$(RUN) mlplat status
 
 down:
-	$(UV) run --frozen mlplat down
+	$(RUN) mlplat down
 
 lint: install
-	$(UV) run --frozen ruff check .
-	$(UV) run --frozen ruff format --check airflow_provider_mlplat dags
+	$(RUN) ruff check .
+	$(RUN) ruff format --check airflow_provider_mlplat dags
 
 test: lint
-	$(UV) run --frozen pytest -q $(PYTEST_ARGS)
+	$(RUN) pytest -q $(PYTEST_ARGS)
 
 unit: install
-	$(UV) run --frozen pytest -q tests/unit
+	$(RUN) pytest -q tests/unit
 
 bench: install
-	$(UV) run --frozen python -m bench
+	$(RUN) python -m bench
 
 clean: down
 	rm -rf .mlplat
