@@ -48,7 +48,7 @@ class MLflowEvaluateOperator(BaseOperator):
     :param model_name: registered model name.
     :param holdout_uri: parquet file with the feature columns and the label (path or object storage URI).
     :param model_version: version number or alias to evaluate.
-    :param label: label column.
+    :param label_column: the label column.
     :param feature_columns: columns the model takes (default: every column except the label and
         ``exclude_columns``).
     :param exclude_columns: columns that are not features (entity keys, timestamps).
@@ -64,7 +64,7 @@ class MLflowEvaluateOperator(BaseOperator):
         "model_name",
         "holdout_uri",
         "model_version",
-        "label",
+        "label_column",
         "feature_columns",
         "exclude_columns",
         "log_to",
@@ -77,7 +77,7 @@ class MLflowEvaluateOperator(BaseOperator):
         model_name: str,
         holdout_uri: str,
         model_version: str | int = "challenger",
-        label: str = "completed",
+        label_column: str = "completed",
         feature_columns: Sequence[str] | None = None,
         exclude_columns: Sequence[str] = ("driver_id", "event_timestamp"),
         model_type: str = "classifier",
@@ -91,7 +91,7 @@ class MLflowEvaluateOperator(BaseOperator):
         self.model_name = model_name
         self.holdout_uri = holdout_uri
         self.model_version = model_version
-        self.label = label
+        self.label_column = label_column
         self.feature_columns = feature_columns
         self.exclude_columns = exclude_columns
         self.model_type = model_type
@@ -141,16 +141,16 @@ class MLflowEvaluateOperator(BaseOperator):
         with path.open("rb") as f:
             data = pd.read_parquet(f)
         features = list(
-            self.feature_columns or [c for c in data.columns if c not in {self.label, *self.exclude_columns}]
+            self.feature_columns or [c for c in data.columns if c not in {self.label_column, *self.exclude_columns}]
         )
-        missing = [c for c in [*features, self.label] if c not in data.columns]
+        missing = [c for c in [*features, self.label_column] if c not in data.columns]
         if missing:
             raise MLPlatConfigError(
                 f"holdout {self.holdout_uri} lacks column(s) {missing}; it has {list(data.columns)}"
             )
         if data.empty:
             raise MLPlatValidationFailed(f"holdout {self.holdout_uri} has no rows")
-        return data[[*features, self.label]]
+        return data[[*features, self.label_column]]
 
     def _evaluation_run(self, hook: MLflowHook, version, context: Context) -> tuple[str, dict | None]:
         """The evaluation run of this task instance (created once); its metrics when it finished."""
@@ -183,7 +183,7 @@ class MLflowEvaluateOperator(BaseOperator):
             result = mlflow.models.evaluate(
                 model=f"models:/{self.model_name}/{version}",
                 data=data,
-                targets=self.label,
+                targets=self.label_column,
                 model_type=self.model_type,
                 evaluator_config={**config, **(self.evaluator_config or {})},
             )
