@@ -15,9 +15,12 @@ from airflow_provider_mlplat.exceptions import MLPlatConfigError
 if TYPE_CHECKING:
     from airflow_provider_mlplat.hooks.mlflow import MLflowHook
 
-TAG_PREFIX = "mlplat.promotion."
-#: model version tags a decision writes (besides the decision record artifact)
-TAGS = ("decision", "compared_to", "reasons", "record", "decided_by", "decided_at", "fingerprint")
+#: model version tags of a decision: promoted/rejected, the failed gates, and JSON with the record
+#: URI, the champion compared with, who decided when, and the inputs' fingerprint. Three tags, not
+#: seven: the MLflow server reads the whole model (all its versions) on every tag write.
+TAG_DECISION = "mlplat.promotion.decision"
+TAG_REASONS = "mlplat.promotion.reasons"
+TAG_AUDIT = "mlplat.promotion.audit"
 PASSING_WORDS = {"passed", "pass", "success", "succeeded", "ok", "no_drift", "valid"}
 FAILING_WORDS = {"failed", "fail", "failure", "drift", "drift_detected", "invalid", "rejected"}
 
@@ -265,48 +268,41 @@ class Promotion:
 
     def _run(self) -> dict[str, Any]:
         hook, name, client = self.hook, self.model_name, self.hook.client
-        aliases = dict(hook.registered_model(name).aliases)
-        ref = self.challenger if self.challenger.isdigit() else aliases.get(self.challenger)
-        challenger = hook.model_version(name, ref or self.challenger)  # errors name what is missing
-        tags = challenger.tags
-        champion_version = aliases.get(self.champion_alias)
-        if champion_version == challenger.version:
+        challenger = hook.model_version(name, self.challenger)  # errors name what is missing
+        champion = hook.alias_target(name, self.champion_alias)
+        audit = json.loads(challenger.tags.get(TAG_AUDIT, "{}"))
+        if champion is not None and champion.version == challenger.version:
             seen = hook.version_metrics(challenger)["metrics"]
+            decision = challenger.tags.get(TAG_DECISION, "promoted")
             return self._summary(
                 challenger,
-                decision=tags.get(TAG_PREFIX + "decision", "promoted"),
-                moved=tags.get(TAG_PREFIX + "decision") == "promoted"
-                and tags.get(TAG_PREFIX + "decided_by") == self.decided_by,
+                decision=decision,
+                moved=decision == "promoted" and audit.get("decided_by") == self.decided_by,
                 metrics={m: seen.get(m) for m in self.gates.challenger_metrics},
-                compared_to=tags.get(TAG_PREFIX + "compared_to"),
+                compared_to=audit.get("compared_to"),
                 reasons=[f"version {challenger.version} is already {self.champion_alias}"],
-                record_uri=tags.get(TAG_PREFIX + "record"),
-                aliases=aliases,
+                record_uri=audit.get("record"),
+                champion=challenger.version,
             )
         chal = hook.version_metrics(challenger, self.gates.challenger_metrics)
-        champ = None
-        if champion_version is not None:
-            champion = client.get_model_version(name, champion_version)
-            champ = hook.version_metrics(champion, self.gates.compared_metrics)
+        champ = hook.version_metrics(champion, self.gates.compared_metrics) if champion else None
         metrics = {m: chal["metrics"][m] for m in self.gates.challenger_metrics}
         champion_metrics = {m: champ["metrics"][m] for m in self.gates.compared_metrics} if champ else None
         outcome = decide(self.gates, metrics, champion_metrics, self.evidence)
+        champion_version = champion.version if champion else None
         fingerprint = _fingerprint(
             challenger.version, champion_version, metrics, champion_metrics, self.gates, self.evidence
         )
-        record_uri = tags.get(TAG_PREFIX + "record")
-        if tags.get(TAG_PREFIX + "fingerprint") != fingerprint or not record_uri:
+        record_uri = audit.get("record")
+        if audit.get("fingerprint") != fingerprint or not record_uri:
             record_uri = self._record(challenger, chal, champion_version, champ, outcome, fingerprint)
-        moved = False
-        if outcome["decision"] == "promoted":
+        moved = outcome["decision"] == "promoted"
+        if moved:
             # previous first, then champion: the model always has a champion, and the old one is
             # already reachable for rollback when the new one takes over
             if champion_version is not None:
                 client.set_registered_model_alias(name, self.previous_alias, champion_version)
-                aliases[self.previous_alias] = champion_version
             client.set_registered_model_alias(name, self.champion_alias, challenger.version)
-            aliases[self.champion_alias] = challenger.version
-            moved = True
         return self._summary(
             challenger,
             decision=outcome["decision"],
@@ -315,7 +311,7 @@ class Promotion:
             compared_to=champion_version,
             reasons=outcome["reasons"],
             record_uri=record_uri,
-            aliases=aliases,
+            champion=challenger.version if moved else champion_version,
         )
 
     def _record(self, challenger, chal, champion_version, champ, outcome, fingerprint) -> str:
@@ -347,22 +343,23 @@ class Promotion:
             "fingerprint": fingerprint,
         }
         uri = self.write_record(record)
-        values = {
-            "decision": outcome["decision"],
-            "compared_to": champion_version or "none",
-            "reasons": "; ".join(outcome["reasons"])[:4000] or "all gates passed",
+        audit = {
             "record": uri,
+            "compared_to": champion_version,
             "decided_by": self.decided_by,
             "decided_at": decided_at,
             "fingerprint": fingerprint,
         }
-        for key in TAGS:
-            self.hook.client.set_model_version_tag(
-                self.model_name, challenger.version, TAG_PREFIX + key, values[key]
-            )
+        tags = {
+            TAG_DECISION: outcome["decision"],
+            TAG_REASONS: "; ".join(outcome["reasons"])[:4000] or "all gates passed",
+            TAG_AUDIT: json.dumps(audit, sort_keys=True),
+        }
+        for key, value in tags.items():
+            self.hook.client.set_model_version_tag(self.model_name, challenger.version, key, value)
         return uri
 
-    def _summary(self, challenger, *, decision, moved, metrics, compared_to, reasons, record_uri, aliases):
+    def _summary(self, challenger, *, decision, moved, metrics, compared_to, reasons, record_uri, champion):
         return {
             "model_name": self.model_name,
             "decision": decision,
@@ -372,8 +369,7 @@ class Promotion:
             "model_uri": f"models:/{self.model_name}/{challenger.version}",
             "metrics": metrics,
             "compared_to": compared_to,
-            "champion_version": aliases.get(self.champion_alias),
-            "previous_champion_version": aliases.get(self.previous_alias),
+            "champion_version": champion,
             "reasons": reasons,
             "record_uri": record_uri,
         }

@@ -160,12 +160,13 @@ class MLflowHook(MLPlatHook):
 
         ref = str(ref)
         if not ref.isdigit():
-            aliases = self.registered_model(name).aliases
-            if ref not in aliases:
+            version = self.alias_target(name, ref)
+            if version is None:
+                aliases = dict(self.registered_model(name).aliases) or "none"
                 raise MLPlatConfigError(
-                    f"alias {ref!r} is not set on registered model {name!r}; its aliases: {dict(aliases) or 'none'}"
+                    f"alias {ref!r} is not set on registered model {name!r}; its aliases: {aliases}"
                 )
-            ref = aliases[ref]
+            return version
         try:
             return self.client.get_model_version(name, ref)
         except MlflowException as err:
@@ -174,9 +175,11 @@ class MLflowHook(MLPlatHook):
                 raise MLPlatConfigError(f"registered model {name!r} has no version {ref}") from None
             raise
 
-    def alias_version(self, name: str, alias: str) -> str | None:
+    def alias_target(self, name: str, alias: str) -> ModelVersion | None:
         """
-        The version an alias points at, or None when the alias (or the model) does not exist.
+        The version an alias points at, None when the alias is not set (error when the model is missing).
+
+        One lookup by key: unlike ``get_registered_model``, its cost does not grow with the versions.
 
         :param name: registered model name.
         :param alias: alias name.
@@ -184,11 +187,28 @@ class MLflowHook(MLPlatHook):
         from mlflow.exceptions import MlflowException
 
         try:
-            return self.client.get_registered_model(name).aliases.get(alias)
+            return self.client.get_model_version_by_alias(name, alias)
         except MlflowException as err:
             if err.error_code in _NOT_FOUND:
+                raise MLPlatConfigError(
+                    f"registered model {name!r} not found in the MLflow registry at {self.registry_uri}"
+                ) from None
+            if err.error_code == "INVALID_PARAMETER_VALUE" and "not found" in err.message:
                 return None
             raise
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        """
+        The version number an alias points at, or None when the alias (or the model) does not exist.
+
+        :param name: registered model name.
+        :param alias: alias name.
+        """
+        try:
+            version = self.alias_target(name, alias)
+        except MLPlatConfigError:
+            return None
+        return version.version if version else None
 
     def version_metrics(self, version: ModelVersion, required: list[str] | tuple[str, ...] = ()) -> dict:
         """

@@ -141,7 +141,8 @@ class MLflowEvaluateOperator(BaseOperator):
         with path.open("rb") as f:
             data = pd.read_parquet(f)
         features = list(
-            self.feature_columns or [c for c in data.columns if c not in {self.label_column, *self.exclude_columns}]
+            self.feature_columns
+            or [c for c in data.columns if c not in {self.label_column, *self.exclude_columns}]
         )
         missing = [c for c in [*features, self.label_column] if c not in data.columns]
         if missing:
@@ -322,7 +323,7 @@ class MLflowPromoteModelOperator(BaseOperator):
         )
         if result["champion_moved"]:
             extra = {k: result[k] for k in ("model_name", "version", "run_id", "model_uri", "metrics")}
-            extra["previous_version"] = result["previous_champion_version"]
+            extra["previous_version"] = result["compared_to"]
             context["outlet_events"][CHAMPION_MOVES].add(asset, extra=extra)
         if result["decision"] == "rejected" and self.fail_on_reject:
             raise MLPlatValidationFailed(

@@ -10,7 +10,7 @@ import pytest
 
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, MLPlatValidationFailed
 from airflow_provider_mlplat.hooks.mlflow import MLflowHook
-from airflow_provider_mlplat.promotion import TAG_PREFIX, Promotion, PromotionGates
+from airflow_provider_mlplat.promotion import TAG_AUDIT, TAG_DECISION, TAG_REASONS, Promotion, PromotionGates
 from tests.conftest import free_port, free_port_block, set_connection, unavailable
 
 pytestmark = pytest.mark.integration
@@ -117,8 +117,13 @@ def aliases(hook: MLflowHook, name: str) -> dict[str, str]:
 
 
 def tags(hook: MLflowHook, name: str, version) -> dict[str, str]:
+    """The decision tags of a version, the audit JSON unpacked."""
+    import json
+
     found = hook.client.get_model_version(name, str(version)).tags
-    return {k.removeprefix(TAG_PREFIX): v for k, v in found.items() if k.startswith(TAG_PREFIX)}
+    if TAG_DECISION not in found:
+        return {}
+    return {"decision": found[TAG_DECISION], "reasons": found[TAG_REASONS], **json.loads(found[TAG_AUDIT])}
 
 
 def test_first_model_is_promoted_on_thresholds_and_a_rerun_changes_nothing(registry, tmp_path):
@@ -129,7 +134,7 @@ def test_first_model_is_promoted_on_thresholds_and_a_rerun_changes_nothing(regis
     assert (result["decision"], result["champion_moved"], result["compared_to"]) == ("promoted", True, None)
     assert aliases(registry, name) == {"challenger": "1", "champion": "1"}
     recorded = tags(registry, name, 1)
-    assert recorded["decision"] == "promoted" and recorded["compared_to"] == "none"
+    assert recorded["decision"] == "promoted" and recorded["compared_to"] is None
     record = read_json(recorded["record"])
     assert record["challenger"]["metrics"] == {"roc_auc": 0.81, "accuracy": 0.7}
     assert record["champion"] is None and record["decided_by"] == "d/r/promote"
