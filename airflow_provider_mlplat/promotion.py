@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 #: model version tags of a decision: promoted/rejected, the failed gates, and JSON with the record
 #: URI, the champion compared with, who decided when, and the inputs' fingerprint. Three tags, not
-#: seven: the MLflow server reads the whole model (all its versions) on every tag write.
+#: seven: MLflow reads the whole model (all its versions) on every tag write.
 TAG_DECISION = "mlplat.promotion.decision"
 TAG_REASONS = "mlplat.promotion.reasons"
 TAG_AUDIT = "mlplat.promotion.audit"
@@ -267,18 +267,19 @@ class Promotion:
             return self._run()
 
     def _run(self) -> dict[str, Any]:
-        hook, name, client = self.hook, self.model_name, self.hook.client
+        hook, name = self.hook, self.model_name
         challenger = hook.model_version(name, self.challenger)  # errors name what is missing
         champion = hook.alias_target(name, self.champion_alias)
         audit = json.loads(challenger.tags.get(TAG_AUDIT, "{}"))
         if champion is not None and champion.version == challenger.version:
-            seen = hook.version_metrics(challenger)["metrics"]
+            seen = hook.version_metrics(challenger)
             decision = challenger.tags.get(TAG_DECISION, "promoted")
             return self._summary(
                 challenger,
                 decision=decision,
                 moved=decision == "promoted" and audit.get("decided_by") == self.decided_by,
-                metrics={m: seen.get(m) for m in self.gates.challenger_metrics},
+                metrics={m: seen["metrics"].get(m) for m in self.gates.challenger_metrics},
+                metrics_run=seen,
                 compared_to=audit.get("compared_to"),
                 reasons=[f"version {challenger.version} is already {self.champion_alias}"],
                 record_uri=audit.get("record"),
@@ -301,13 +302,14 @@ class Promotion:
             # previous first, then champion: the model always has a champion, and the old one is
             # already reachable for rollback when the new one takes over
             if champion_version is not None:
-                client.set_registered_model_alias(name, self.previous_alias, champion_version)
-            client.set_registered_model_alias(name, self.champion_alias, challenger.version)
+                hook.set_alias(name, self.previous_alias, champion_version)
+            hook.set_alias(name, self.champion_alias, challenger.version)
         return self._summary(
             challenger,
             decision=outcome["decision"],
             moved=moved,
             metrics=metrics,
+            metrics_run=chal,
             compared_to=champion_version,
             reasons=outcome["reasons"],
             record_uri=record_uri,
@@ -355,11 +357,12 @@ class Promotion:
             TAG_REASONS: "; ".join(outcome["reasons"])[:4000] or "all gates passed",
             TAG_AUDIT: json.dumps(audit, sort_keys=True),
         }
-        for key, value in tags.items():
-            self.hook.client.set_model_version_tag(self.model_name, challenger.version, key, value)
+        self.hook.set_version_tags(self.model_name, challenger.version, tags)
         return uri
 
-    def _summary(self, challenger, *, decision, moved, metrics, compared_to, reasons, record_uri, champion):
+    def _summary(
+        self, challenger, *, decision, moved, metrics, metrics_run, compared_to, reasons, record_uri, champion
+    ):
         return {
             "model_name": self.model_name,
             "decision": decision,
@@ -368,6 +371,8 @@ class Promotion:
             "run_id": challenger.run_id,
             "model_uri": f"models:/{self.model_name}/{challenger.version}",
             "metrics": metrics,
+            "metrics_run_id": metrics_run["run_id"],
+            "experiment_id": metrics_run["experiment_id"],
             "compared_to": compared_to,
             "champion_version": champion,
             "reasons": reasons,

@@ -213,7 +213,7 @@ class MLflowHook(MLPlatHook):
     def version_metrics(self, version: ModelVersion, required: list[str] | tuple[str, ...] = ()) -> dict:
         """
         Metrics of a model version: those of its evaluation run (tag ``mlplat.evaluation_run_id``)
-        when it has one, else those of the run that produced it.
+        when it has one, else those of the run that produced it; with that run's id and experiment.
 
         :param version: the model version.
         :param required: metric names that must be present (error naming the metric and the run).
@@ -223,14 +223,15 @@ class MLflowHook(MLPlatHook):
             raise MLPlatValidationFailed(
                 f"{version.name} version {version.version} has no run: no metrics to compare"
             )
-        metrics = dict(self.client.get_run(run_id).data.metrics)
+        run = self.client.get_run(run_id)
+        metrics = dict(run.data.metrics)
         missing = [m for m in required if m not in metrics]
         if missing:
             raise MLPlatValidationFailed(
                 f"metric {missing[0]!r} is missing on {version.name} version {version.version} "
                 f"(run {run_id}); the run has: {sorted(metrics) or 'no metrics'}"
             )
-        return {"run_id": run_id, "metrics": metrics}
+        return {"run_id": run_id, "experiment_id": run.info.experiment_id, "metrics": metrics}
 
     def version_ready(
         self, name: str, ref: str | int, newer_than: int | None = None
@@ -260,6 +261,32 @@ class MLflowHook(MLPlatHook):
             "run_id": version.run_id,
             "model_uri": f"models:/{name}/{version.version}",
         }
+
+    # -- registry writes ---------------------------------------------------------------------------
+
+    def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        """
+        Tag a model version. Goes to the registry client directly: ``MlflowClient`` reads the whole
+        registered model (all its versions) before every tag or alias write to refuse prompts; callers
+        here have just read the version.
+
+        :param name: registered model name.
+        :param version: version number.
+        :param tags: tag names and values.
+        """
+        registry = self.client._get_registry_client()
+        for key, value in tags.items():
+            registry.set_model_version_tag(name, version, key, value)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        """
+        Point an alias at a version (see :meth:`set_version_tags` on skipping the prompt check).
+
+        :param name: registered model name.
+        :param alias: alias name.
+        :param version: version number.
+        """
+        self.client._get_registry_client().set_registered_model_alias(name, alias, version)
 
     # -- serializing writers of one registered model -----------------------------------------------
 
@@ -313,7 +340,7 @@ class MLflowHook(MLPlatHook):
 
         try:
             if self.client.get_registered_model(lock).tags.get("token") == token:
-                self.client.delete_registered_model(lock)
+                self.client._get_registry_client().delete_registered_model(lock)  # no prompt check
         except MlflowException as err:
             if err.error_code not in _NOT_FOUND:
                 raise

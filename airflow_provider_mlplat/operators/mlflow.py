@@ -28,11 +28,11 @@ def _task_key(context: Context) -> str:
     return key if getattr(ti, "map_index", -1) < 0 else f"{key}/{ti.map_index}"
 
 
-def _persist_links(context: Context, hook: MLflowHook, name: str, version: str, run_id: str | None) -> None:
+def _persist_links(
+    context: Context, hook: MLflowHook, name: str, version: str, experiment_id: str, run_id: str
+):
     MLflowModelVersionLink.persist(context, hook.model_version_url(name, version))
-    if run_id:
-        run = hook.client.get_run(run_id)
-        MLflowRunLink.persist(context, hook.run_url(run.info.experiment_id, run_id))
+    MLflowRunLink.persist(context, hook.run_url(experiment_id, run_id))
 
 
 class MLflowEvaluateOperator(BaseOperator):
@@ -107,19 +107,21 @@ class MLflowEvaluateOperator(BaseOperator):
             raise MLPlatConfigError(f"model_type={self.model_type!r} is not one of {MODEL_TYPES}")
         hook = MLflowHook(self.mlflow_conn_id)
         version = hook.model_version(self.model_name, self.model_version)
+        if self.log_to == "model_run" and not version.run_id:
+            raise MLPlatConfigError(
+                f"{self.model_name} version {version.version} has no run to log to: use log_to='evaluation_run'"
+            )
         data = self._holdout()
+        # evaluation runs go to the experiment of the run that produced the version
+        experiment_id = hook.client.get_run(version.run_id).info.experiment_id if version.run_id else "0"
         if self.log_to == "model_run":
-            if not version.run_id:
-                raise MLPlatConfigError(
-                    f"{self.model_name} version {version.version} has no run to log to: use log_to='evaluation_run'"
-                )
             run_id, done = version.run_id, None
         else:
-            run_id, done = self._evaluation_run(hook, version, context)
+            run_id, done = self._evaluation_run(hook, version, experiment_id, context)
         metrics = done if done is not None else self._evaluate(hook, version.version, run_id, data)
         if self.log_to == "evaluation_run":
-            hook.client.set_model_version_tag(self.model_name, version.version, EVALUATION_RUN_TAG, run_id)
-        _persist_links(context, hook, self.model_name, version.version, run_id)
+            hook.set_version_tags(self.model_name, version.version, {EVALUATION_RUN_TAG: run_id})
+        _persist_links(context, hook, self.model_name, version.version, experiment_id, run_id)
         self.log.info("%s v%s on %d holdout rows: %s", self.model_name, version.version, len(data), metrics)
         return {
             "model_name": self.model_name,
@@ -153,10 +155,11 @@ class MLflowEvaluateOperator(BaseOperator):
             raise MLPlatValidationFailed(f"holdout {self.holdout_uri} has no rows")
         return data[[*features, self.label_column]]
 
-    def _evaluation_run(self, hook: MLflowHook, version, context: Context) -> tuple[str, dict | None]:
+    def _evaluation_run(
+        self, hook: MLflowHook, version, experiment_id: str, context: Context
+    ) -> tuple[str, dict | None]:
         """The evaluation run of this task instance (created once); its metrics when it finished."""
         client = hook.client
-        experiment_id = client.get_run(version.run_id).info.experiment_id if version.run_id else "0"
         key = f"{_task_key(context)}#{self.model_name}/{version.version}"
         found = client.search_runs(
             [experiment_id], filter_string=f"tags.`mlplat.evaluation_key` = '{key}'", max_results=1
@@ -312,7 +315,14 @@ class MLflowPromoteModelOperator(BaseOperator):
             previous_alias=self.previous_alias,
             lock_timeout=self.lock_timeout,
         ).run()
-        _persist_links(context, hook, self.model_name, result["version"], result["run_id"])
+        _persist_links(
+            context,
+            hook,
+            self.model_name,
+            result["version"],
+            result["experiment_id"],
+            result["metrics_run_id"],
+        )
         self.log.info(
             "%s v%s: %s (compared to %s) %s",
             self.model_name,
