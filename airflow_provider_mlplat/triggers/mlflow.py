@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,11 @@ from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 
 from airflow_provider_mlplat.hooks.mlflow import MLflowHook
 
-_PATH = __name__
+
+def _serialize(trigger: BaseTrigger) -> tuple[str, dict[str, Any]]:
+    """A trigger's class path and its constructor arguments (each kept as an attribute of that name)."""
+    names = [p for p in inspect.signature(type(trigger)).parameters]
+    return f"{__name__}.{type(trigger).__name__}", {name: getattr(trigger, name) for name in names}
 
 
 class MLflowModelVersionTrigger(BaseTrigger):
@@ -42,16 +47,7 @@ class MLflowModelVersionTrigger(BaseTrigger):
         self.mlflow_conn_id = mlflow_conn_id
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{_PATH}.{type(self).__name__}",
-            {
-                "model_name": self.model_name,
-                "version": self.version,
-                "newer_than": self.newer_than,
-                "poll_interval": self.poll_interval,
-                "mlflow_conn_id": self.mlflow_conn_id,
-            },
-        )
+        return _serialize(self)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
@@ -100,15 +96,7 @@ class MLflowAliasChangedTrigger(BaseEventTrigger):
         self.mlflow_conn_id = mlflow_conn_id
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{_PATH}.{type(self).__name__}",
-            {
-                "model_name": self.model_name,
-                "alias": self.alias,
-                "poll_interval": self.poll_interval,
-                "mlflow_conn_id": self.mlflow_conn_id,
-            },
-        )
+        return _serialize(self)
 
     @property
     def _state_key(self) -> str:
