@@ -70,11 +70,11 @@ CONNECTION_TYPES: dict[str, dict[str, Any]] = {
 #: Modules per kind, listed for Airflow's provider manager (relative to the package).
 _MODULES: dict[str, list[str]] = {
     "hooks": ["hooks.mlflow", "hooks.feast", "hooks.ray", "hooks.kserve"],
-    "operators": [],
-    "sensors": [],
-    "triggers": [],
+    "operators": ["operators.mlflow"],
+    "sensors": ["sensors.mlflow"],
+    "triggers": ["triggers.mlflow"],
 }
-_EXTRA_LINKS: list[str] = []
+_EXTRA_LINKS: list[str] = ["links.mlflow.MLflowRunLink", "links.mlflow.MLflowModelVersionLink"]
 
 
 def connection_fields(conn_type: str) -> tuple[str, ...]:

@@ -1,0 +1,129 @@
+"""A real Airflow (scheduler, triggerer, dag-processor) schedules a DAG on champion moves made by hand."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+import uuid
+
+import pytest
+
+from tests.conftest import free_port, free_port_block
+
+pytestmark = pytest.mark.e2e
+
+WATCH_DAG = """
+from airflow.sdk import Asset, AssetWatcher, dag, task
+
+from airflow_provider_mlplat.triggers.mlflow import MLflowAliasChangedTrigger
+
+champion = Asset(
+    uri="mlflow://models/{name}",
+    name="mlflow/models/{name}",
+    group="ml",
+    watchers=[AssetWatcher(name="champion_moves", trigger=MLflowAliasChangedTrigger("{name}", poll_interval=1))],
+)
+
+
+@dag(schedule=[champion], catchup=False, tags=["test"])
+def on_champion_change():
+    @task(inlets=[champion])
+    def moved(triggering_asset_events=None):
+        return [e.extra for e in triggering_asset_events[champion]]
+
+    moved()
+
+
+on_champion_change()
+"""
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(1)
+    return value
+
+
+@pytest.fixture
+def platform(tmp_path):
+    """MLflow and the four Airflow components, with a DAGs folder holding only the watcher DAG."""
+    from airflow_provider_mlplat.platform import Platform, Settings
+
+    name = f"watched_{uuid.uuid4().hex[:8]}"
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "on_champion_change.py").write_text(textwrap.dedent(WATCH_DAG).replace("{name}", name))
+    platform = Platform(
+        Settings(
+            home=tmp_path / "home",
+            airflow_port=free_port(),
+            mlflow_port=free_port(),
+            ray_port=free_port_block(3),
+            ray_dashboard_port=free_port(),
+            dags_folder=dags,
+            services=("mlflow", "airflow"),
+        )
+    )
+    try:
+        platform.up(timeout=300)
+        yield platform, name
+    finally:
+        platform.down()
+
+
+def test_a_champion_moved_by_hand_schedules_one_run_per_move_across_a_triggerer_restart(platform):
+    from mlflow import MlflowClient
+
+    from airflow_provider_mlplat.demo import AirflowRestClient
+
+    platform, name = platform
+    s = platform.settings
+    mlflow = MlflowClient(f"http://127.0.0.1:{s.mlflow_port}")
+    mlflow.create_registered_model(name)
+    for _ in range(2):
+        run = mlflow.create_run("0")
+        mlflow.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    api = AirflowRestClient(
+        f"http://127.0.0.1:{s.airflow_port}", "admin", platform.secrets()["airflow_admin_password"]
+    )
+    api.wait_for_dag("on_champion_change")
+
+    def asset_id():
+        found = api.http.get("/assets", params={"uri_pattern": name}).json()["assets"]
+        return found[0]["id"] if found else None
+
+    def watched_state() -> dict:
+        entries = api.http.get(f"/assets/{wait_until(asset_id, 60, 'the asset')}/state-store").json()
+        return {e["key"]: e["value"] for e in entries["asset_state_store"]}
+
+    def runs() -> list[dict]:
+        return api.http.get("/dags/on_champion_change/dagRuns").json()["dag_runs"]
+
+    key = f"mlflow_alias:{name}@champion"
+    wait_until(lambda: key in watched_state(), 120, "the triggerer to start the watcher")  # baseline noted
+    assert runs() == []
+
+    mlflow.set_registered_model_alias(name, "champion", "1")  # by hand, as in the MLflow UI
+    wait_until(lambda: len(runs()) == 1, 90, "a run for the move to v1")
+    mlflow.set_registered_model_alias(name, "champion", "1")  # the same version again
+    time.sleep(5)  # five polls
+    assert len(runs()) == 1
+
+    rpc = platform.rpc()
+    rpc.stopProcess("airflow-triggerer")
+    mlflow.set_registered_model_alias(name, "champion", "2")  # moved while no triggerer runs
+    rpc.startProcess("airflow-triggerer")
+    wait_until(lambda: len(runs()) == 2, 120, "a run for the move to v2 made during the restart")
+    time.sleep(5)
+    assert len(runs()) == 2, "a move was repeated after the triggerer restart"
+    assert watched_state()[key] == "2"
+
+    for run in runs():
+        api.wait_for_run("on_champion_change", run["dag_run_id"], timeout=120)
+    events = api.http.get("/assets/events", params={"asset_id": asset_id()}).json()["asset_events"]
+    moves = sorted(
+        (e["extra"]["payload"]["version"], e["extra"]["payload"]["previous_version"]) for e in events
+    )
+    assert moves == [("1", None), ("2", "1")]
