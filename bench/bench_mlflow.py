@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -16,55 +14,12 @@ import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
+from tests.services import postgres_database, running_platform
+
 MODELS, VERSIONS = 1000, 10  # the registry the issue asks for
 GROWTH = (2, 10, 100, 1000)  # versions per model for the growth curve
 SAMPLES = 30  # decisions per measurement
 CONN_ID = "mlflow_bench"
-ADMIN_URL = os.environ.get("MLPLAT_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _postgres_database():
-    import sqlalchemy
-
-    name = f"mlplat_bench_{uuid.uuid4().hex[:8]}"
-    engine = sqlalchemy.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        engine.dispose()
-
-
-@contextlib.contextmanager
-def _mlflow_server(home: Path, db_url: str):
-    from airflow_provider_mlplat.platform import Platform, Settings
-
-    ray_port = _free_port()
-    settings = Settings(
-        home=home,
-        airflow_port=_free_port(),
-        mlflow_port=_free_port(),
-        ray_port=ray_port if ray_port < 65000 else 20000,
-        ray_dashboard_port=_free_port(),
-        mlflow_db_url=db_url,
-        services=("mlflow",),
-    )
-    platform = Platform(settings)
-    try:
-        platform.up(timeout=240)
-        yield f"http://127.0.0.1:{settings.mlflow_port}"
-    finally:
-        platform.down()
 
 
 def _populate(db_url: str, experiment_id: str, layout: dict[str, int]) -> float:
@@ -232,7 +187,11 @@ def run() -> str:
     home = Path(tempfile.mkdtemp(prefix="mlplat-bench-mlflow-"))
     os.environ.setdefault("AIRFLOW_HOME", str(home / "airflow"))
     os.environ["AIRFLOW__MLPLAT__ARTIFACT_ROOT"] = str(home / "artifacts")
-    with _postgres_database() as db_url, _mlflow_server(home / "platform", db_url) as uri:
+    with (
+        postgres_database() as db_url,
+        running_platform(home / "platform", ("mlflow",), mlflow_db_url=db_url) as platform,
+    ):
+        uri = f"http://127.0.0.1:{platform.settings.mlflow_port}"
         os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps({"conn_type": "mlflow", "host": uri})
         from mlflow import MlflowClient
 

@@ -9,7 +9,7 @@ from collections import defaultdict
 import psutil
 
 from airflow_provider_mlplat.platform import Platform, Settings
-from tests.ports import free_port, free_port_block
+from tests.services import free_port, free_port_block
 
 SETTLE_S = 20
 

@@ -7,14 +7,14 @@ import os
 import subprocess
 import sys
 import tempfile
-import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.ports import free_port, free_port_block
+from tests.services import free_port, free_port_block, postgres_database, running_platform  # noqa: F401  (test modules import them from here)
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_DIR = REPO.parent / "shared" / "k8s-crds"
@@ -118,35 +118,13 @@ def run_dag(airflow_db):
 # -- the local platform's services ---------------------------------------------------------------
 
 
-def _start_platform(tmp_path_factory, services: tuple[str, ...]):
-    from airflow_provider_mlplat.platform import Platform, Settings
-
-    ray_base = free_port_block(3)
-    settings = Settings(
-        home=tmp_path_factory.mktemp("mlplat-" + "-".join(services)),
-        airflow_port=free_port(),
-        mlflow_port=free_port(),
-        ray_port=ray_base,
-        ray_dashboard_port=free_port(),
-        services=services,
-    )
-    platform = Platform(settings)
-    try:
-        platform.up(timeout=180)
-    except Exception:
-        platform.down()
-        raise
-    return platform
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real MLflow tracking server (SQLite backend) run by the platform; sets ``mlflow_default``."""
-    platform = _start_platform(tmp_path_factory, ("mlflow",))
-    uri = f"http://127.0.0.1:{platform.settings.mlflow_port}"
-    set_connection("mlflow_default", conn_type="mlflow", host=uri)
-    yield uri
-    platform.down()
+    with running_platform(tmp_path_factory.mktemp("mlplat-mlflow"), ("mlflow",)) as platform:
+        uri = f"http://127.0.0.1:{platform.settings.mlflow_port}"
+        set_connection("mlflow_default", conn_type="mlflow", host=uri)
+        yield uri
 
 
 @dataclass(frozen=True)
@@ -161,12 +139,11 @@ class RayCluster:
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     """A real local Ray head (dashboard + Job API, token auth) run by the platform; sets ``ray_default``."""
-    platform = _start_platform(tmp_path_factory, ("ray",))
-    address = f"http://127.0.0.1:{platform.settings.ray_dashboard_port}"
-    token = platform.secrets()["ray_auth_token"]
-    set_connection("ray_default", conn_type="ray", host=address, password=token)
-    yield RayCluster(address=address, token=token, env=platform.ray_env())
-    platform.down()
+    with running_platform(tmp_path_factory.mktemp("mlplat-ray"), ("ray",)) as platform:
+        address = f"http://127.0.0.1:{platform.settings.ray_dashboard_port}"
+        token = platform.secrets()["ray_auth_token"]
+        set_connection("ray_default", conn_type="ray", host=address, password=token)
+        yield RayCluster(address=address, token=token, env=platform.ray_env())
 
 
 @pytest.fixture
@@ -174,27 +151,15 @@ def postgres_db_factory():
     """Make fresh, empty databases on the machine's PostgreSQL (127.0.0.1:5432); dropped afterwards."""
     import sqlalchemy
 
-    admin_url = os.environ.get(
-        "MLPLAT_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-    )
-    engine = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    created: list[str] = []
+    with ExitStack() as stack:
 
-    def make() -> str:
-        name = f"mlplat_test_{uuid.uuid4().hex[:10]}"
-        try:
-            with engine.connect() as conn:
-                conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-        except sqlalchemy.exc.OperationalError as err:
-            unavailable(f"PostgreSQL at {admin_url} is not reachable: {err.orig}")
-        created.append(name)
-        return admin_url.rsplit("/", 1)[0] + f"/{name}"
+        def make() -> str:
+            try:
+                return stack.enter_context(postgres_database())
+            except sqlalchemy.exc.OperationalError as err:
+                unavailable(f"PostgreSQL is not reachable: {err.orig}")
 
-    yield make
-    with engine.connect() as conn:
-        for name in created:
-            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
+        yield make
 
 
 @pytest.fixture

@@ -5,13 +5,15 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from contextlib import ExitStack
 
 import pytest
 
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, MLPlatValidationFailed
 from airflow_provider_mlplat.hooks.mlflow import MLflowHook
 from airflow_provider_mlplat.promotion import TAG_AUDIT, TAG_DECISION, TAG_REASONS, Promotion, PromotionGates
-from tests.conftest import free_port, free_port_block, set_connection, unavailable
+from tests.conftest import set_connection, unavailable
+from tests.services import postgres_database, running_platform
 
 pytestmark = pytest.mark.integration
 
@@ -19,44 +21,19 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def postgres_mlflow(tmp_path_factory):
     """A second MLflow server whose backend store is a fresh PostgreSQL database; sets ``mlflow_pg``."""
-    import os
-
     import sqlalchemy
 
-    from airflow_provider_mlplat.platform import Platform, Settings
-
-    admin_url = os.environ.get(
-        "MLPLAT_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-    )
-    name = f"mlplat_mlflow_{uuid.uuid4().hex[:8]}"
-    engine = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    except sqlalchemy.exc.OperationalError as err:
-        unavailable(f"PostgreSQL at {admin_url} is not reachable: {err.orig}")
-    platform = Platform(
-        Settings(
-            home=tmp_path_factory.mktemp("mlflow-pg"),
-            airflow_port=free_port(),
-            mlflow_port=free_port(),
-            ray_port=free_port_block(3),
-            ray_dashboard_port=free_port(),
-            mlflow_db_url=admin_url.rsplit("/", 1)[0] + f"/{name}",
-            services=("mlflow",),
-        )
-    )
-    try:
-        platform.up(timeout=180)
+    with ExitStack() as stack:
+        try:
+            db_url = stack.enter_context(postgres_database())
+        except sqlalchemy.exc.OperationalError as err:
+            unavailable(f"PostgreSQL is not reachable: {err.orig}")
+        home = tmp_path_factory.mktemp("mlflow-pg")
+        platform = stack.enter_context(running_platform(home, ("mlflow",), mlflow_db_url=db_url))
         set_connection(
             "mlflow_pg", conn_type="mlflow", host=f"http://127.0.0.1:{platform.settings.mlflow_port}"
         )
         yield "mlflow_pg"
-    finally:
-        platform.down()
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        engine.dispose()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])

@@ -105,7 +105,8 @@ def test_version_trigger_waits_for_an_alias_to_reach_a_newer_ready_version(mlflo
 
 
 def test_version_trigger_reports_an_unreachable_registry_as_an_error_event(mlflow_server):
-    from tests.conftest import free_port, set_connection
+    from tests.conftest import set_connection
+    from tests.services import free_port
 
     set_connection("mlflow_gone", conn_type="mlflow", host=f"http://127.0.0.1:{free_port()}")
     trigger = MLflowModelVersionTrigger("m", "1", poll_interval=POLL, mlflow_conn_id="mlflow_gone")

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from airflow_provider_mlplat.platform import Platform, Settings, load
-from tests.ports import free_port, free_port_block
+from tests.services import free_port, free_port_block
 
 pytestmark = pytest.mark.integration
 MLPLAT = str(Path(sys.executable).parent / "mlplat")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import free_port, set_connection
+from tests.conftest import set_connection
+from tests.services import free_port
 
 pytestmark = pytest.mark.integration
 
