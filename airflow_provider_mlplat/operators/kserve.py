@@ -409,7 +409,7 @@ class KServeRolloutOperator(BaseOperator):
                 entry["smoke"] = self._smoke(plan, target)
                 return self._next(plan, target, 0)
             if phase == "step":
-                entry["analysis"] = self._analyze(plan, target, event)
+                self._analyze(plan, target, entry)
                 return self._next(plan, target, plan["step"] + 1)
         return self._finish(context, plan, target, "promoted")
 
@@ -436,9 +436,11 @@ class KServeRolloutOperator(BaseOperator):
             )
         return {"rows": len(rows), "predictions": outputs[0].get("data")}
 
-    def _analyze(self, plan: dict[str, Any], target: RolloutTarget, event: dict[str, Any]) -> dict[str, Any]:
+    def _analyze(self, plan: dict[str, Any], target: RolloutTarget, entry: dict[str, Any]) -> None:
+        """Judge the step on Prometheus; the evidence goes into the step's history ``entry``."""
         if not plan["analysis"]:
-            return {"verdict": "skipped"}
+            entry["analysis"] = {"verdict": "skipped"}
+            return
         from airflow_provider_mlplat.hooks.prometheus import PrometheusHook
 
         analysis = CanaryAnalysis(**plan["analysis"])
@@ -449,12 +451,15 @@ class KServeRolloutOperator(BaseOperator):
             role: measure(prometheus, target.analysis_queries(selectors[role], window)) for role in selectors
         }
         reasons = analysis.judge(measured["canary"], measured["stable"])
-        result = {"window": window, **measured, "verdict": "fail" if reasons else "pass", "reasons": reasons}
-        self.log.info("analysis at %s%%: %s", plan["steps"][plan["step"]], json.dumps(result, default=str))
+        entry["analysis"] = {
+            "window": window,
+            **measured,
+            "verdict": "fail" if reasons else "pass",
+            "reasons": reasons,
+        }
+        self.log.info("analysis at %s%%: %s", entry["percent"], json.dumps(entry["analysis"], default=str))
         if reasons:
-            percent = plan["steps"][plan["step"]]
-            raise RolloutFailed(f"canary analysis at {percent}% failed: " + "; ".join(reasons))
-        return result
+            raise RolloutFailed(f"canary analysis at {entry['percent']}% failed: " + "; ".join(reasons))
 
     # -- outcomes ------------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import random
 import shutil
@@ -75,7 +76,9 @@ def rows(n: int, long_trips: float = 0.0, seed: int = 0) -> list[dict[str, Any]]
             "conv_rate": round(rng.random(), 4),
             "acc_rate": round(rng.random(), 4),
             "avg_daily_trips": rng.randint(0, 40),
-            "trip_distance_km": round(rng.uniform(8.5, 30) if rng.random() < long_trips else rng.uniform(0.5, 7.5), 2),
+            "trip_distance_km": round(
+                rng.uniform(8.5, 30) if rng.random() < long_trips else rng.uniform(0.5, 7.5), 2
+            ),
         }
         for _ in range(n)
     ]
@@ -172,10 +175,12 @@ def run_operator(operator, run_id: str | None = None) -> tuple[Any, dict[str, An
     from airflow.sdk.exceptions import TaskDeferred
     from airflow.sdk.execution_time.context import OutletEventAccessors
     from airflow.sdk.serde import deserialize, serialize
-    from airflow.utils.module_loading import import_string
 
     ti = SimpleNamespace(
-        dag_id="kserve_tests", run_id=run_id or f"test__{uuid.uuid4().hex[:8]}", task_id=operator.task_id, map_index=-1
+        dag_id="kserve_tests",
+        run_id=run_id or f"test__{uuid.uuid4().hex[:8]}",
+        task_id=operator.task_id,
+        map_index=-1,
     )
     context: dict[str, Any] = {"ti": ti, "outlet_events": OutletEventAccessors()}
     method, kwargs = operator.execute, {}
@@ -184,7 +189,8 @@ def run_operator(operator, run_id: str | None = None) -> tuple[Any, dict[str, An
             return method(context, **kwargs), context
         except TaskDeferred as deferred:
             classpath, trigger_kwargs = deferred.trigger.serialize()
-            trigger = import_string(classpath)(**deserialize(serialize(trigger_kwargs)))
+            module, _, cls = classpath.rpartition(".")
+            trigger = getattr(importlib.import_module(module), cls)(**deserialize(serialize(trigger_kwargs)))
             event = asyncio.run(_first_event(trigger))
             method = getattr(operator, deferred.method_name)
             kwargs = {**deserialize(serialize(deferred.kwargs or {})), "event": event.payload}

@@ -50,8 +50,17 @@ def test_versions_split_metrics_and_inference_log(serving, register, logged_mode
         answers = [client.post(f"/v1/models/{name}:predict", json={"instances": [row]}) for row in sent]
         v2_answer = client.post(
             f"/v2/models/{name}/infer",
-            json={"inputs": [{"name": f, "shape": [2], "datatype": "FP64" if f != "avg_daily_trips" else "INT64",
-                              "data": [r[f] for r in sent[:2]]} for f in FEATURES]},  # fmt: skip
+            json={
+                "inputs": [
+                    {
+                        "name": f,
+                        "shape": [2],
+                        "datatype": "FP64" if f != "avg_daily_trips" else "INT64",
+                        "data": [r[f] for r in sent[:2]],
+                    }
+                    for f in FEATURES
+                ]
+            },  # fmt: skip
         )
         metrics = client.get("/metrics").text
     assert all(a.status_code == 200 for a in answers)
@@ -66,12 +75,18 @@ def test_versions_split_metrics_and_inference_log(serving, register, logged_mode
     canary_count = f'mlplat_inference_requests_total{{deployment="{name}",model_name="{model}",model_version="{v2}",status_code="200"}} 10.0'
     assert canary_count in metrics
     assert f'mlplat_inference_request_duration_seconds_bucket{{deployment="{name}",le="0.0001"' in metrics
-    assert f'mlplat_deployment_traffic_percent{{deployment="{name}",model_name="{model}",model_version="{v2}",role="canary"}} 10.0' in metrics
+    assert (
+        f'mlplat_deployment_traffic_percent{{deployment="{name}",model_name="{model}",model_version="{v2}",role="canary"}} 10.0'
+        in metrics
+    )
 
     wait_for(lambda: read_inference_log(serving.inference_log, name).shape[0] == 102, what="102 log rows")
     log = read_inference_log(serving.inference_log, name)
     assert set(FEATURES) <= set(log.columns)
-    assert log["model_version"].value_counts().to_dict() == {v1: 92, v2: 10}  # the V2 request (2 rows) went to v1
+    assert log["model_version"].value_counts().to_dict() == {
+        v1: 92,
+        v2: 10,
+    }  # the V2 request (2 rows) went to v1
     assert log[log["model_version"] == v2]["status_code"].eq(200).all()
     first = log.iloc[0]
     assert (first["conv_rate"], first["prediction"]) == (sent[0]["conv_rate"], expected[0])
@@ -80,7 +95,9 @@ def test_versions_split_metrics_and_inference_log(serving, register, logged_mode
     def scraped():
         result = httpx.get(
             f"{serving.prometheus_url}/api/v1/query",
-            params={"query": f'sum by (model_version) (mlplat_inference_requests_total{{deployment="{name}"}})'},
+            params={
+                "query": f'sum by (model_version) (mlplat_inference_requests_total{{deployment="{name}"}})'
+            },
         ).json()["data"]["result"]
         return {r["metric"]["model_version"]: float(r["value"][1]) for r in result}
 
@@ -96,7 +113,9 @@ def test_repository_and_deployment_api_refuse_bad_requests(serving, register):
     missing = load(serving, f"{model}@99")
     assert missing.status_code >= 400 and model in missing.text
     not_loaded = put(serving, name, model_name=model, stable=v1)
-    assert not_loaded.status_code == 409 and f"POST /v2/repository/models/{model}@{v1}/load" in not_loaded.text
+    assert (
+        not_loaded.status_code == 409 and f"POST /v2/repository/models/{model}@{v1}/load" in not_loaded.text
+    )
     assert load(serving, f"{model}@{v1}").status_code == 200
     assert put(serving, name, model_name=model, stable=v1, canary_percent=20).status_code == 422
     assert put(serving, name, model_name=model, stable=v1).json()["revision"] == 1
