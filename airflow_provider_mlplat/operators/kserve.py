@@ -214,6 +214,7 @@ class KServeRolloutOperator(BaseOperator):
         "model_alias",
         "deployment_name",
         "namespace",
+        "strategy",
         "canary_steps",
         "analysis",
         "smoke_input",
@@ -382,19 +383,19 @@ class KServeRolloutOperator(BaseOperator):
             timeout=self.ready_timeout,
             poll_interval=self.poll_interval,
             hold_seconds=hold,
+            carry={"plan": plan, "phase": phase},
         )
-        self.defer(trigger=trigger, method_name="execute_complete", kwargs={"plan": plan, "phase": phase})
+        self.defer(trigger=trigger, method_name="execute_complete")
 
-    def execute_complete(self, context: Any, event: dict[str, Any], plan: dict[str, Any], phase: str):
+    def execute_complete(self, context: Any, event: dict[str, Any]):
         """
         Resume after a step's wait: smoke after staging, analyse after a canary step, finish after
-        promotion; roll back on any failure.
+        promotion; roll back on any failure. The rollout state comes back in the event's ``carry``.
 
         :param context: the task's context.
         :param event: the trigger's event.
-        :param plan: the rollout state carried across deferrals.
-        :param phase: ``stage``, ``step`` or ``promote``.
         """
+        plan, phase = event["carry"]["plan"], event["carry"]["phase"]
         self._plan = plan
         target = make_target(plan["target"])
         percent = plan["steps"][plan["step"]] if phase == "step" else None

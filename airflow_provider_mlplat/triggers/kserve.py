@@ -23,6 +23,8 @@ class KServeInferenceServiceReadyTrigger(BaseTrigger):
     :param timeout: seconds to wait for readiness.
     :param poll_interval: seconds between polls.
     :param hold_seconds: seconds the deployment must stay ready after it became ready.
+    :param carry: state of the waiting task, returned unchanged in the event (``dag.test()`` resumes a
+        task with the event alone, without the ``kwargs`` it deferred with).
     """
 
     def __init__(
@@ -33,8 +35,10 @@ class KServeInferenceServiceReadyTrigger(BaseTrigger):
         timeout: float = 600,
         poll_interval: float = 5,
         hold_seconds: float = 0,
+        carry: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.carry = carry or {}
         self.target, self.name, self.expect = target, name, expect
         self.timeout, self.poll_interval, self.hold_seconds = timeout, poll_interval, hold_seconds
 
@@ -49,6 +53,7 @@ class KServeInferenceServiceReadyTrigger(BaseTrigger):
                 "timeout": self.timeout,
                 "poll_interval": self.poll_interval,
                 "hold_seconds": self.hold_seconds,
+                "carry": self.carry,
             },
         )
 
@@ -67,6 +72,7 @@ class KServeInferenceServiceReadyTrigger(BaseTrigger):
                 "name": self.name,
                 "expect": self.expect,
                 "detail": detail,
+                "carry": self.carry,
                 "waited": round(now - started, 1),
             }
             if state == "failed":

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from airflow_provider_mlplat.operators.kserve import v2_request
 from airflow_provider_mlplat.serving.inference_log import read_inference_log
 from tests.integration.kserve.conftest import FEATURES, rows
 
@@ -48,20 +49,7 @@ def test_versions_split_metrics_and_inference_log(serving, register, logged_mode
     sent = rows(100, seed=7)
     with httpx.Client(base_url=serving.url, timeout=10) as client:
         answers = [client.post(f"/v1/models/{name}:predict", json={"instances": [row]}) for row in sent]
-        v2_answer = client.post(
-            f"/v2/models/{name}/infer",
-            json={
-                "inputs": [
-                    {
-                        "name": f,
-                        "shape": [2],
-                        "datatype": "FP64" if f != "avg_daily_trips" else "INT64",
-                        "data": [r[f] for r in sent[:2]],
-                    }
-                    for f in FEATURES
-                ]
-            },  # fmt: skip
-        )
+        v2_answer = client.post(f"/v2/models/{name}/infer", json=v2_request(sent[:2]))
         metrics = client.get("/metrics").text
     assert all(a.status_code == 200 for a in answers)
     versions = [a.headers["x-mlplat-model-version"] for a in answers]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import httpx
 import pytest
 
+from airflow_provider_mlplat.artifacts import read_json
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, RolloutFailed
 from airflow_provider_mlplat.operators.kserve import KServeDeleteOperator, KServeRolloutOperator
 from tests.integration.kserve.conftest import Traffic, mlflow_client, run_operator
@@ -61,7 +60,7 @@ def test_broken_version_fails_the_smoke_request_before_any_traffic_and_is_rolled
     tags = client.get_model_version(model, broken).tags
     assert tags["mlplat.rollout.status"] == "rolled_back"
     assert "this model version is broken" in tags["mlplat.rollout.reason"]
-    record = json.loads(open(tags["mlplat.rollout.decision_record"].removeprefix("file://")).read())
+    record = read_json(tags["mlplat.rollout.decision_record"])
     assert record["outcome"] == "rolled_back" and record["stable"] == good
     assert record["alias"] == f"moved back from {broken} to {good} (previous-champion)"
     assert [h["phase"] for h in record["history"]] == ["stage"]
@@ -92,7 +91,7 @@ def test_error_rate_gate_rolls_a_flaky_canary_back_at_the_first_step(serving, re
     assert (state["stable"], state["canary"], state["revision"]) == (good, None, 3)  # split, then back
     assert client.get_model_version_by_alias(model, "champion").version == good
     record_uri = client.get_model_version(model, flaky).tags["mlplat.rollout.decision_record"]
-    history = json.loads(open(record_uri.removeprefix("file://")).read())["history"]
+    history = read_json(record_uri)["history"]
     assert [(h["phase"], h["percent"], h["status"]) for h in history] == [
         ("stage", None, "ready"),
         ("step", 20, "ready"),
@@ -117,9 +116,9 @@ def test_on_kill_during_a_canary_sends_traffic_back_to_stable(serving, register)
     context = {"ti": type("TI", (), {"dag_id": "d", "run_id": "r", "task_id": "rollout", "map_index": -1})()}
     with pytest.raises(TaskDeferred) as staged:
         operator.execute(context)
-    event = {"status": "ready", "detail": "", "waited": 0.1}
+    event = {"status": "ready", "detail": "", "waited": 0.1, "carry": staged.value.trigger.carry}
     with pytest.raises(TaskDeferred):  # smoke passed, traffic shifted to 10%, waiting again
-        operator.execute_complete(context, event=event, **staged.value.kwargs)
+        operator.execute_complete(context, event=event)
     assert (deployment(serving, name)["canary"], deployment(serving, name)["canary_percent"]) == (new, 10)
 
     operator.on_kill()
