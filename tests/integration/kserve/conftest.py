@@ -128,6 +128,20 @@ def register(mlflow_server, logged_models):
     return register
 
 
+def deploy_stable(serving, model: str, version: str) -> str:
+    """Serve a version directly through the server's API (the starting point of a rollout)."""
+    import httpx
+
+    name = model.replace("_", "-")
+    assert (
+        httpx.post(f"{serving.url}/v2/repository/models/{model}@{version}/load", timeout=300).status_code
+        == 200
+    )
+    body = {"model_name": model, "stable": version}
+    assert httpx.put(f"{serving.url}/mlplat/v1/deployments/{name}", json=body).status_code == 200
+    return name
+
+
 def mlflow_client(uri: str):
     from mlflow import MlflowClient
 

@@ -8,21 +8,9 @@ import pytest
 from airflow_provider_mlplat.artifacts import read_json
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, RolloutFailed
 from airflow_provider_mlplat.operators.kserve import KServeDeleteOperator, KServeRolloutOperator
-from tests.integration.kserve.conftest import Traffic, mlflow_client, run_operator
+from tests.integration.kserve.conftest import Traffic, deploy_stable, mlflow_client, run_operator
 
 pytestmark = pytest.mark.integration
-
-
-def deploy_stable(serving, model: str, version: str) -> str:
-    """Serve a version directly through the server's API (the starting point of a rollout)."""
-    name = model.replace("_", "-")
-    assert (
-        httpx.post(f"{serving.url}/v2/repository/models/{model}@{version}/load", timeout=300).status_code
-        == 200
-    )
-    body = {"model_name": model, "stable": version}
-    assert httpx.put(f"{serving.url}/mlplat/v1/deployments/{name}", json=body).status_code == 200
-    return name
 
 
 def champion(client, model: str, version: str, previous: str) -> None:
