@@ -75,18 +75,21 @@ class InferenceLogWriter:
 
     def flush(self) -> int:
         """Write everything queued so far; return how many records were written."""
-        batch: dict[Path, list[str]] = defaultdict(list)
+        # orjson: encoding a batch holds the GIL, and serving threads wait for it; it is ~10x json's speed
+        import orjson
+
+        batch: dict[Path, list[bytes]] = defaultdict(list)
         count = 0
         while self._queue:
             record = self._queue.popleft()
             batch[log_file(self.root, record["deployment"], record["timestamp"][:10])].append(
-                json.dumps(record, default=str)
+                orjson.dumps(record, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
             )
             count += 1
         for path, lines in batch.items():
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a", encoding="utf-8") as f:
-                f.write("\n".join(lines) + "\n")
+            with path.open("ab") as f:
+                f.write(b"\n".join(lines) + b"\n")
         self.written += count
         return count
 

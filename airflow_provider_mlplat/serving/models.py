@@ -10,6 +10,7 @@ import logging
 import os
 import time
 import uuid
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from airflow_provider_mlplat.serving.inference_log import InferenceLogWriter
 
 # a child of KServe's logger, which the server configures
 log = logging.getLogger("kserve.mlplat")
+# the array fast path feeds sklearn models fitted on DataFrames with arrays in the same column order
+warnings.filterwarnings("ignore", message="X does not have valid feature names")
 
 #: header naming the model version that answered
 VERSION_HEADER = "x-mlplat-model-version"
@@ -75,6 +78,19 @@ def parse_version_model_name(name: str) -> tuple[str, str]:
             "resolve aliases with MLflow first"
         )
     return model_name, version
+
+
+def records(payload: Any) -> list[dict[str, Any]] | None:
+    """
+    The request's rows when they came as JSON objects (V1 ``instances`` or ``dataframe_records``).
+
+    :param payload: decoded request body.
+    """
+    if isinstance(payload, dict):
+        rows = payload.get("instances", payload.get("dataframe_records"))
+        if isinstance(rows, list) and rows and all(isinstance(row, dict) for row in rows):
+            return rows
+    return None
 
 
 def to_frame(payload: Any, columns: list[str] | None) -> pd.DataFrame:
@@ -146,14 +162,17 @@ class MLflowVersionModel(Model):
 
     :param model_name: registered model name.
     :param version: model version number.
+    :param fast_path: predict sklearn models from arrays when that gives pyfunc's predictions.
     """
 
-    def __init__(self, model_name: str, version: str) -> None:
+    def __init__(self, model_name: str, version: str, fast_path: bool = True) -> None:
         super().__init__(version_model_name(model_name, version))
         self.model_name, self.version = model_name, version
         self.model_uri = f"models:/{model_name}/{version}"
+        self.fast_path = fast_path
         self.columns: list[str] | None = None
         self._pyfunc: Any = None
+        self._array_model: Any = None
 
     def load(self) -> bool:
         """Load the pyfunc model from the MLflow registry (``MLFLOW_TRACKING_URI``)."""
@@ -163,9 +182,60 @@ class MLflowVersionModel(Model):
         self._pyfunc = mlflow.pyfunc.load_model(self.model_uri)
         schema = self._pyfunc.metadata.get_input_schema()
         self.columns = schema.input_names() if schema is not None and schema.has_input_names() else None
+        self._array_model = self._checked_array_model() if self.fast_path else None
         self.ready = True
-        log.info("loaded %s in %.1f s", self.model_uri, time.monotonic() - started)
+        log.info("loaded %s in %.1f s (array fast path: %s)", self.model_uri, time.monotonic() - started,
+                 self._array_model is not None)  # fmt: skip
         return self.ready
+
+    def _checked_array_model(self) -> Any:
+        """
+        The raw sklearn model, if it predicts from a float array in signature order exactly what pyfunc
+        predicts from a DataFrame on the logged input example. pyfunc's DataFrame and schema path costs
+        about 1 ms per single-row call, the array path about 0.2 ms. None: pyfunc serves every request.
+        """
+        from mlflow.types import DataType
+
+        schema = self._pyfunc.metadata.get_input_schema()
+        example = self._pyfunc.input_example
+        numeric = (DataType.double, DataType.float, DataType.long, DataType.integer)
+        if (
+            "sklearn" not in self._pyfunc.metadata.flavors
+            or self.columns is None
+            or any(spec.type not in numeric for spec in schema.inputs)
+            or not isinstance(example, pd.DataFrame)
+        ):
+            return None
+        raw = self._pyfunc.get_raw_model()
+        try:
+            fast = raw.predict(example[self.columns].to_numpy(dtype="float64"))
+            same = np.array_equal(np.asarray(fast), np.asarray(to_list(self._pyfunc.predict(example))))
+        except Exception:  # e.g. a pipeline that selects columns by name: it needs the DataFrame
+            log.info("%s: predicting from arrays failed; pyfunc serves it", self.model_uri, exc_info=True)
+            return None
+        return raw if same else None
+
+    def predict_payload(self, payload: Any) -> tuple[list[dict[str, Any]], list[Any]]:
+        """
+        The rows of a decoded request (as dicts, for the inference log) and one prediction per row.
+
+        :param payload: decoded request body (V1 dict or V2 ``InferRequest``).
+        """
+        rows = records(payload)
+        if rows is None:
+            frame = to_frame(payload, self.columns)
+            return frame.to_dict("records"), self.predict_frame(frame)
+        if self._array_model is None:
+            return rows, self.predict_frame(pd.DataFrame.from_records(rows))
+        try:
+            array = np.array([[row[column] for column in self.columns] for row in rows], dtype="float64")  # type: ignore[union-attr]
+        except KeyError as err:
+            raise InvalidInput(
+                f"{self.name}: the request has no input {err}; inputs: {self.columns}"
+            ) from None
+        except (TypeError, ValueError) as err:
+            raise InvalidInput(f"{self.name}: inputs {self.columns} must be numbers: {err}") from None
+        return rows, self._array_model.predict(array).tolist()
 
     def predict_frame(self, frame: pd.DataFrame) -> list[Any]:
         """
@@ -189,7 +259,7 @@ class MLflowVersionModel(Model):
         :param payload: decoded request body.
         :param headers: request headers.
         """
-        return respond(payload, self.predict_frame(to_frame(payload, self.columns)), self.name, self.version)
+        return respond(payload, self.predict_payload(payload)[1], self.name, self.version)
 
 
 class DeploymentRouter(Model):
@@ -283,10 +353,9 @@ class DeploymentRouter(Model):
         if verb != InferenceVerb.PREDICT:
             raise NotImplementedError(f"{self.name} serves predictions only")
         model, started = self._pick(), time.perf_counter()
-        status, frame, predictions = "200", None, None
+        status, rows, predictions = "200", None, None
         try:
-            frame = to_frame(body, model.columns)
-            predictions = model.predict_frame(frame)
+            rows, predictions = model.predict_payload(body)
             return respond(body, predictions, self.name, model.version), {VERSION_HEADER: model.version}
         except InvalidInput:
             status = "400"
@@ -299,15 +368,9 @@ class DeploymentRouter(Model):
             requests.inc()
             latency.observe(time.perf_counter() - started)
             if self.inference_log is not None:
-                self._log(model, status, body, frame, predictions, headers)
+                self._log(model, status, rows or records(body) or [{}], predictions, headers)
 
-    def _log(self, model, status, body, frame, predictions, headers) -> None:
-        if isinstance(body, dict) and isinstance(body.get("instances"), list) and body["instances"]:
-            rows = body["instances"] if isinstance(body["instances"][0], dict) else None
-        else:
-            rows = None
-        if rows is None:
-            rows = frame.to_dict("records") if frame is not None else [{}]
+    def _log(self, model, status, rows, predictions, headers) -> None:
         predictions = predictions if predictions is not None else [None] * len(rows)
         base = {
             "timestamp": datetime.now(UTC).isoformat(),
@@ -330,14 +393,19 @@ class MLflowModelRepository(ModelRepository):
 
     :param state_file: JSON file of the deployments (None: not persisted).
     :param inference_log: where deployments log served rows (None: not logged).
+    :param fast_path: let sklearn versions predict from arrays (see :class:`MLflowVersionModel`).
     """
 
     def __init__(
-        self, state_file: Path | None = None, inference_log: InferenceLogWriter | None = None
+        self,
+        state_file: Path | None = None,
+        inference_log: InferenceLogWriter | None = None,
+        fast_path: bool = True,
     ) -> None:
         super().__init__()
         self.state_file = state_file
         self.inference_log = inference_log
+        self.fast_path = fast_path
         self.deployments: dict[str, DeploymentRouter] = {}
 
     def _version(self, name: str) -> MLflowVersionModel | None:
@@ -353,7 +421,7 @@ class MLflowModelRepository(ModelRepository):
         existing = self._version(name)
         if existing is not None and existing.ready:
             return existing
-        model = MLflowVersionModel(*parse_version_model_name(name))
+        model = MLflowVersionModel(*parse_version_model_name(name), fast_path=self.fast_path)
         model.load()
         self.update(model)
         return model

@@ -37,6 +37,7 @@ class ServingConfig:
     :param log_flush_seconds: how often the inference log is written.
     :param grace_seconds: how long in-flight requests may finish on SIGTERM.
     :param access_log: log a line per request (KServe's timing trace and uvicorn's access log).
+    :param fast_path: let sklearn models predict from arrays when that gives pyfunc's predictions.
     """
 
     host: str = "127.0.0.1"
@@ -46,6 +47,7 @@ class ServingConfig:
     log_flush_seconds: float = 0.5
     grace_seconds: int = 10
     access_log: bool = False
+    fast_path: bool = True
 
     @classmethod
     def from_env(cls) -> ServingConfig:
@@ -139,7 +141,8 @@ def build(config: ServingConfig) -> tuple[Any, MLflowModelRepository, InferenceL
     writer = (
         InferenceLogWriter(config.inference_log, config.log_flush_seconds) if config.inference_log else None
     )
-    repository = MLflowModelRepository(Path(config.state_file) if config.state_file else None, writer)
+    state_file = Path(config.state_file) if config.state_file else None
+    repository = MLflowModelRepository(state_file, writer, config.fast_path)
     model_server = ModelServer(
         http_port=config.port,
         enable_grpc=False,
