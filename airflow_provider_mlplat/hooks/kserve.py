@@ -48,14 +48,12 @@ class Deployed:
     :param stable: version serving the (rest of the) traffic, None when nothing serves yet.
     :param canary: version under test, if any.
     :param canary_percent: the canary's share of traffic.
-    :param revision: the target's revision identifier (server revision / Knative revision).
     :param mode: ``local``, ``Serverless``, ``RawDeployment`` or ``Standard``.
     """
 
     stable: str | None
     canary: str | None
     canary_percent: int
-    revision: str
     mode: str
 
 
@@ -63,7 +61,10 @@ class RolloutTarget(ABC):
     """
     Where a rollout happens. The rollout operator drives every target through the same steps:
     ``stage`` (new version ready, no traffic) -> ``smoke`` -> ``shift`` (canary percent) ... ->
-    ``promote``, or ``rollback``; ``readiness`` is what the trigger polls.
+    ``promote``, or ``rollback``; ``readiness`` is what the trigger polls. The methods share these
+    parameters: ``name`` (deployment / InferenceService), ``model`` (the version being rolled out),
+    ``stable`` (the version serving before, None when nothing did), ``current`` (what :meth:`current`
+    returned), ``expect`` (what a step returned for readiness to check).
 
     :param config: JSON-able settings (see :meth:`KServeHook.target_config`), so a trigger can rebuild it.
     """
@@ -79,14 +80,14 @@ class RolloutTarget(ABC):
         """What the deployment serves now; None when it does not exist."""
 
     def check(self, name: str, current: Deployed | None, canary: bool) -> None:  # noqa: B027 (optional)
-        """Fail before any change when the target cannot do what the rollout needs."""
+        """Fail before any change when the target cannot do what the rollout needs (``canary``: a split)."""
 
     @abstractmethod
     def stage(self, name: str, model: ModelVersionRef, current: Deployed | None, origin: dict[str, str],
               direct: bool) -> dict[str, Any]:  # fmt: skip
         """Make the new version ready without traffic next to a stable one (with all of it when there is
         none, or when ``direct`` on a target that cannot hold an idle version); ``origin`` has dag_id,
-        run_id and task_id. Returns what readiness expects."""
+        run_id and task_id for labels. Returns what readiness expects."""
 
     @abstractmethod
     def shift(self, name: str, model: ModelVersionRef, stable: str, percent: int) -> dict[str, Any]:
@@ -107,15 +108,29 @@ class RolloutTarget(ABC):
 
     @abstractmethod
     def smoke(self, name: str, model: ModelVersionRef, request: dict[str, Any]) -> dict[str, Any]:
-        """Send a V2 inference request to the new version only; returns the response body."""
+        """Send a V2 inference ``request`` to the new version only; returns the response body."""
 
     @abstractmethod
     def selectors(self, name: str, stable: str, model: ModelVersionRef) -> dict[str, str]:
         """PromQL label matchers of the canary and the stable version (keys ``canary``, ``stable``)."""
 
-    @abstractmethod
+    #: (request counter, matcher of server errors, latency histogram, latency unit in seconds)
+    metrics: tuple[str, str, str, float] = ("", "", "", 1.0)
+
     def analysis_queries(self, selector: str, window: str) -> dict[str, str]:
-        """PromQL for ``requests``, ``errors`` (server errors) and ``p99`` (seconds) of one selector."""
+        """
+        PromQL for ``requests``, ``errors`` (server errors) and ``p99`` (seconds) of one selector.
+
+        :param selector: label matchers of one version (from :meth:`selectors`).
+        :param window: PromQL range, e.g. ``60s``.
+        """
+        counter, errors, histogram, unit = self.metrics
+        p99 = f"histogram_quantile(0.99, sum by (le) (rate({histogram}_bucket{{{selector}}}[{window}])))"
+        return {
+            "requests": f"sum(increase({counter}{{{selector}}}[{window}]))",
+            "errors": f"sum(increase({counter}{{{selector},{errors}}}[{window}]))",
+            "p99": p99 if unit == 1 else f"{p99} * {unit}",
+        }
 
     @abstractmethod
     async def readiness(self, name: str, expect: dict[str, Any]) -> tuple[str, str]:
@@ -137,6 +152,12 @@ class LocalModelServerTarget(RolloutTarget):
     """The platform's KServe model server: versions loaded by name, traffic split per deployment."""
 
     kind = "local"
+    metrics = (
+        "mlplat_inference_requests_total",
+        'status_code=~"5.."',
+        "mlplat_inference_request_duration_seconds",
+        1.0,
+    )
 
     @property
     def url(self) -> str:
@@ -171,9 +192,7 @@ class LocalModelServerTarget(RolloutTarget):
                 f"model server at {self.url}: {response.status_code} {response.text}"
             )
         state = response.json()
-        return Deployed(
-            state["stable"], state["canary"], state["canary_percent"], str(state["revision"]), "local"
-        )
+        return Deployed(state["stable"], state["canary"], state["canary_percent"], "local")
 
     def stage(self, name, model, current, origin, direct):
         """Load the version into the server (no traffic yet)."""
@@ -238,15 +257,6 @@ class LocalModelServerTarget(RolloutTarget):
         return {
             "canary": f'{base},model_version="{model.version}"',
             "stable": f'{base},model_version="{stable}"',
-        }
-
-    def analysis_queries(self, selector, window):
-        """Queries over the server's ``mlplat_inference_*`` metrics."""
-        return {
-            "requests": f"sum(increase(mlplat_inference_requests_total{{{selector}}}[{window}]))",
-            "errors": f'sum(increase(mlplat_inference_requests_total{{{selector},status_code=~"5.."}}[{window}]))',
-            "p99": "histogram_quantile(0.99, sum by (le) "
-            f"(rate(mlplat_inference_request_duration_seconds_bucket{{{selector}}}[{window}])))",
         }
 
     async def readiness(self, name, expect):
@@ -358,6 +368,13 @@ class InferenceServiceTarget(RolloutTarget):
     """
 
     kind = "kubernetes"
+    # Knative's queue-proxy metrics per revision (latencies in milliseconds)
+    metrics = (
+        "revision_app_request_count",
+        'response_code_class="5xx"',
+        "revision_app_request_latencies",
+        0.001,
+    )
 
     def _hook(self):
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
@@ -397,13 +414,8 @@ class InferenceServiceTarget(RolloutTarget):
         stable = (meta.get("annotations") or {}).get(STABLE_ANNOTATION) or version or "unknown"
         percent = predictor.get("canaryTrafficPercent")
         canary = version if percent is not None and version != stable else None
-        revision = (
-            ((isvc.get("status") or {}).get("components") or {})
-            .get("predictor", {})
-            .get("latestRolledoutRevision", str(meta.get("generation", 0)))
-        )
         mode = deployment_mode(isvc, self.config.get("deployment_mode"))
-        return Deployed(stable, canary, (percent or 0) if canary else 0, revision, mode)
+        return Deployed(stable, canary, (percent or 0) if canary else 0, mode)
 
     def check(self, name, current, canary):
         """A canary split needs Knative revisions: fail fast in RawDeployment/Standard mode."""
@@ -592,15 +604,6 @@ class InferenceServiceTarget(RolloutTarget):
         return {
             "canary": f'{base},revision_name="{predictor.get("latestReadyRevision", "")}"',
             "stable": f'{base},revision_name="{predictor.get("latestRolledoutRevision", "")}"',
-        }
-
-    def analysis_queries(self, selector, window):
-        """Queries over Knative's ``revision_app_request_*`` metrics (latencies in milliseconds)."""
-        return {
-            "requests": f"sum(increase(revision_app_request_count{{{selector}}}[{window}]))",
-            "errors": f'sum(increase(revision_app_request_count{{{selector},response_code_class="5xx"}}[{window}]))',
-            "p99": "histogram_quantile(0.99, sum by (le) "
-            f"(rate(revision_app_request_latencies_bucket{{{selector}}}[{window}]))) / 1000",
         }
 
     async def readiness(self, name, expect):

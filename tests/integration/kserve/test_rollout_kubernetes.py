@@ -76,3 +76,19 @@ def served(serving, name: str) -> float:
     families = text_string_to_metric_families(httpx.get(f"{serving.url}/metrics").text)
     samples = [s for f in families if f.name == "mlplat_inference_requests" for s in f.samples]
     return sum(s.value for s in samples if s.name.endswith("_total") and s.labels["deployment"] == name)
+
+
+def test_kubernetes_analysis_queries_are_valid_promql(serving):
+    from airflow_provider_mlplat.exceptions import MLPlatServiceUnavailable
+    from airflow_provider_mlplat.hooks.kserve import InferenceServiceTarget
+    from airflow_provider_mlplat.hooks.prometheus import PrometheusHook
+
+    prometheus = PrometheusHook()
+    assert prometheus.test_connection()[1].startswith("Prometheus 2.")
+    target = InferenceServiceTarget({"namespace": "default", "kubernetes_conn_id": "kubernetes_default"})
+    for query in target.analysis_queries(
+        'namespace_name="default",revision_name="tc-predictor-00001"', "60s"
+    ).values():
+        assert prometheus.query_value(query) is None  # parsed and run; no Knative metrics on this machine
+    with pytest.raises(MLPlatServiceUnavailable, match="bad_data"):
+        prometheus.query_value("sum(")
