@@ -156,3 +156,10 @@ def _live(url: str) -> bool:
         return httpx.get(f"{url}/v2/health/live", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_platform_check_dag_tests_the_kserve_and_prometheus_connections(run_dag, serving):
+    result = run_dag("platform_check", conf={"connections": ["kserve_default", "prometheus_default"]})
+    assert result.state == "success", result.states
+    assert result.xcoms["check_connection[0]"]["message"] == f"KServe model server at {serving.url} is live"
+    assert result.xcoms["check_connection[1]"]["message"].startswith("Prometheus 2.")
