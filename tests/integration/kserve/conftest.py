@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import os
 import random
 import shutil
 import threading
@@ -91,14 +90,19 @@ def logged_models(mlflow_server):
     import pandas as pd
     from sklearn.linear_model import LogisticRegression
 
+    from airflow_provider_mlplat.hooks.base import scoped_env
+
     mlflow.set_tracking_uri(mlflow_server)
-    os.environ["MLFLOW_LOG_UV_FILES"] = "false"  # else every model copies this repository's uv.lock
     frame = pd.DataFrame(rows(200, seed=1))
     frame["avg_daily_trips"] = frame["avg_daily_trips"].astype("int64")
     example = frame.head(3)
     model = LogisticRegression().fit(frame, (frame["conv_rate"] > 0.5).astype(int))
     experiment = mlflow.set_experiment("kserve-tests")
-    with mlflow.start_run(experiment_id=experiment.experiment_id) as run:
+    # MLFLOW_LOG_UV_FILES: else every model copies this repository's uv.lock
+    with (
+        scoped_env({"MLFLOW_LOG_UV_FILES": "false"}),
+        mlflow.start_run(experiment_id=experiment.experiment_id) as run,
+    ):
         uris = {
             "good": mlflow.sklearn.log_model(
                 model, name="good", input_example=example, pip_requirements=["scikit-learn"]
