@@ -83,8 +83,14 @@ class RolloutTarget(ABC):
         """Fail before any change when the target cannot do what the rollout needs (``canary``: a split)."""
 
     @abstractmethod
-    def stage(self, name: str, model: ModelVersionRef, current: Deployed | None, origin: dict[str, str],
-              direct: bool) -> dict[str, Any]:  # fmt: skip
+    def stage(
+        self,
+        name: str,
+        model: ModelVersionRef,
+        current: Deployed | None,
+        origin: dict[str, str],
+        direct: bool,
+    ) -> dict[str, Any]:
         """Make the new version ready without traffic next to a stable one (with all of it when there is
         none, or when ``direct`` on a target that cannot hold an idle version); ``origin`` has dag_id,
         run_id and task_id for labels. Returns what readiness expects."""
@@ -247,8 +253,10 @@ class LocalModelServerTarget(RolloutTarget):
         """Infer with the version directly, bypassing the deployment's split (not counted as traffic)."""
         response = self._request("POST", f"/v2/models/{model.model_name}@{model.version}/infer", json=request)
         if response.status_code >= 400:
-            raise RolloutFailed(f"smoke request to {model.model_name}@{model.version} answered "
-                                f"{response.status_code}: {response.text[:500]}")  # fmt: skip
+            raise RolloutFailed(
+                f"smoke request to {model.model_name}@{model.version} answered "
+                f"{response.status_code}: {response.text[:500]}"
+            )
         return response.json()
 
     def selectors(self, name, stable, model):
@@ -426,8 +434,15 @@ class InferenceServiceTarget(RolloutTarget):
                 f"plain rollout, or switch the service to Serverless ({MODE_ANNOTATION}: Serverless)."
             )
 
-    def manifest(self, name: str, model: ModelVersionRef, labels: dict[str, str], annotations: dict[str, str],
-                 canary_percent: int | None, predictor: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    def manifest(
+        self,
+        name: str,
+        model: ModelVersionRef,
+        labels: dict[str, str],
+        annotations: dict[str, str],
+        canary_percent: int | None,
+        predictor: dict[str, Any],
+    ) -> dict[str, Any]:
         """
         The InferenceService for one MLflow model version.
 
@@ -492,8 +507,12 @@ class InferenceServiceTarget(RolloutTarget):
                 if err.status != 409:  # created meanwhile (a retry racing itself): patch it below
                     raise
                 existing = self.get(name) or {}
-        body = {**manifest, "spec": {"predictor": _with_removals(existing["spec"]["predictor"],
-                                                                 manifest["spec"]["predictor"])}}  # fmt: skip
+        body = {
+            **manifest,
+            "spec": {
+                "predictor": _with_removals(existing["spec"]["predictor"], manifest["spec"]["predictor"])
+            },
+        }
         return self._patch(name, body)
 
     def stage(self, name, model, current, origin, direct):

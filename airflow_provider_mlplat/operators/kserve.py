@@ -291,9 +291,10 @@ class KServeRolloutOperator(BaseOperator):
         if self.model_version is not None and not str(self.model_version).isdigit():
             raise MLPlatConfigError(f"model_version={self.model_version!r} must be a version number, e.g. 3")
         if self.smoke_input is not None and (
-            not isinstance(self.smoke_input, list) or not self.smoke_input
+            not isinstance(self.smoke_input, list)
+            or not self.smoke_input
             or not all(isinstance(row, dict) for row in self.smoke_input)
-        ):  # fmt: skip
+        ):
             raise MLPlatConfigError(
                 f"smoke_input must be a non-empty list of row objects, got {self.smoke_input!r}"
             )
@@ -367,8 +368,14 @@ class KServeRolloutOperator(BaseOperator):
             )
             return self._finish(context, plan, target, "unchanged")
         self._plan = plan
-        self.log.info("rollout of %s v%s to %s/%s: %s", model.model_name, model.version, target.namespace, name,
-                      "steps " + str(plan["steps"]) if canary else "direct")  # fmt: skip
+        self.log.info(
+            "rollout of %s v%s to %s/%s: %s",
+            model.model_name,
+            model.version,
+            target.namespace,
+            name,
+            "steps " + str(plan["steps"]) if canary else "direct",
+        )
         with self._rollback_on_error(context, plan):
             expect = target.stage(name, model, current, plan["origin"], self.strategy == "direct")
         self._wait(plan, "stage", expect)
@@ -399,8 +406,14 @@ class KServeRolloutOperator(BaseOperator):
         self._plan = plan
         target = make_target(plan["target"])
         percent = plan["steps"][plan["step"]] if phase == "step" else None
-        entry = {"phase": phase, "percent": percent, "status": event["status"], "detail": event["detail"],
-                 "waited_seconds": event["waited"], "at": datetime.now(UTC).isoformat()}  # fmt: skip
+        entry = {
+            "phase": phase,
+            "percent": percent,
+            "status": event["status"],
+            "detail": event["detail"],
+            "waited_seconds": event["waited"],
+            "at": datetime.now(UTC).isoformat(),
+        }
         plan["history"].append(entry)
         with self._rollback_on_error(context, plan):
             if event["status"] != "ready":

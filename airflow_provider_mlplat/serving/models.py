@@ -184,8 +184,12 @@ class MLflowVersionModel(Model):
         self.columns = schema.input_names() if schema is not None and schema.has_input_names() else None
         self._array_model = self._checked_array_model() if self.fast_path else None
         self.ready = True
-        log.info("loaded %s in %.1f s (array fast path: %s)", self.model_uri, time.monotonic() - started,
-                 self._array_model is not None)  # fmt: skip
+        log.info(
+            "loaded %s in %.1f s (array fast path: %s)",
+            self.model_uri,
+            time.monotonic() - started,
+            self._array_model is not None,
+        )
         return self.ready
 
     def _checked_array_model(self) -> Any:
@@ -297,11 +301,8 @@ class DeploymentRouter(Model):
         self._series: dict[tuple[str, str], tuple[Any, Any]] = {}
         for role, model, percent in self.split():
             TRAFFIC.labels(name, model.model_name, model.version, role).set(percent)
-            for status in (
-                "200",
-                "400",
-                "500",
-            ):  # series exist from 0, so increase() counts the first requests
+            # the series exist from 0, so increase() counts the first requests too
+            for status in ("200", "400", "500"):
                 self._metrics(model, status)
 
     def split(self) -> list[tuple[str, MLflowVersionModel, int]]:
