@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from airflow_provider_mlplat.exceptions import RolloutFailed
@@ -92,3 +94,6 @@ def test_kubernetes_analysis_queries_are_valid_promql(serving):
         assert prometheus.query_value(query) is None  # parsed and run; no Knative metrics on this machine
     with pytest.raises(MLPlatServiceUnavailable, match="bad_data"):
         prometheus.query_value("sum(")
+    now = time.time()
+    (series,) = prometheus.query_range('up{job="model-server"}', now - 10, now, step=1)
+    assert series["metric"]["job"] == "model-server" and "1" in {v for _, v in series["values"]}

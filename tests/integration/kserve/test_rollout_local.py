@@ -147,3 +147,16 @@ def test_rerun_on_the_served_version_is_a_no_op_and_delete_is_idempotent(serving
     assert run_operator(delete)[0] == {"deployment": name, "namespace": "local", "deleted": True}
     assert run_operator(delete)[0]["deleted"] is False
     assert not loaded(serving, f"{model}@{good}")
+
+
+def test_direct_strategy_switches_all_traffic_after_the_smoke_request(serving, register):
+    model, (old, new) = register("good", "good")
+    name = deploy_stable(serving, model, old)
+    operator = KServeRolloutOperator(
+        task_id="rollout", model_name=model, model_version=new, strategy="direct"
+    )
+    result, _ = run_operator(operator)
+    assert (result["outcome"], result["steps"], result["traffic"]) == ("promoted", [100], {new: 100})
+    state = deployment(serving, name)
+    assert (state["stable"], state["canary"], state["revision"]) == (new, None, 2)  # one switch, no split
+    assert not loaded(serving, f"{model}@{old}")
