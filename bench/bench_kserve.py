@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -166,6 +167,7 @@ def run() -> str:
             except subprocess.TimeoutExpired:
                 process.kill()
     logged_rows = sum(len(p.read_text().splitlines()) for p in (work / "kserve").rglob("*.jsonl"))
+    shutil.rmtree(work, ignore_errors=True)
     return _report(latency, throughput, memory, memory_after, logged_rows)
 
 
