@@ -6,13 +6,25 @@ export UV_COMPILE_BYTECODE := 1
 # `install` syncs once; the other targets run in that environment as it is
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: uv install demo test lint unit integration bench up down status clean
+.PHONY: uv system-deps install demo test lint unit integration bench up down status clean
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 
-install: uv
+install: uv system-deps
 	$(UV) sync --frozen
+
+# Prometheus and its Pushgateway come from Debian; the serving and drift steps scrape and push.
+system-deps:
+	@if ! command -v prometheus >/dev/null || ! command -v prometheus-pushgateway >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      prometheus prometheus-pushgateway >/dev/null; \
+	    for svc in prometheus prometheus-pushgateway; do pkill -f "^/usr/bin/$$svc" || true; done; \
+	  else \
+	    echo "install Debian's prometheus and prometheus-pushgateway (the platform runs its own instances)"; exit 1; \
+	  fi; \
+	fi
 
 demo: install
 	$(RUN) mlplat demo

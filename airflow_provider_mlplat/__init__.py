@@ -58,6 +58,14 @@ CONNECTION_TYPES: dict[str, dict[str, Any]] = {
         "fields": {
             "kubernetes_conn_id": _text("Kubernetes connection id (empty: the local model server)"),
             "namespace": _text("Namespace of InferenceServices"),
+            "deployment_mode": _text(
+                "Cluster's default KServe deployment mode (Serverless, RawDeployment, Standard)"
+            ),
+            "logger_url": _text("Request logger sink URL for InferenceServices (inference log)"),
+            "mlflow_artifacts_uri": _text(
+                "Storage URI behind MLflow's mlflow-artifacts:/ proxy (e.g. s3://...)"
+            ),
+            "inference_log": _text("Inference log folder of the local model server"),
         },
         "behaviour": {
             "hidden-fields": ["schema", "login", "password", "port", "extra"],
@@ -65,14 +73,24 @@ CONNECTION_TYPES: dict[str, dict[str, Any]] = {
             "placeholders": {"host": "http://127.0.0.1:8090", "namespace": "default"},
         },
     },
+    "prometheus": {
+        "hook": "hooks.prometheus.PrometheusHook",
+        "name": "Prometheus",
+        "fields": {},
+        "behaviour": {
+            "hidden-fields": ["schema", "port", "extra"],
+            "relabeling": {"host": "URL", "login": "Username", "password": "Password or token"},
+            "placeholders": {"host": "http://127.0.0.1:9090"},
+        },
+    },
 }
 
 #: Modules per kind, listed for Airflow's provider manager (relative to the package).
 _MODULES: dict[str, list[str]] = {
-    "hooks": ["hooks.mlflow", "hooks.feast", "hooks.ray", "hooks.kserve"],
-    "operators": ["operators.mlflow"],
+    "hooks": ["hooks.mlflow", "hooks.feast", "hooks.ray", "hooks.kserve", "hooks.prometheus"],
+    "operators": ["operators.mlflow", "operators.kserve"],
     "sensors": ["sensors.mlflow"],
-    "triggers": ["triggers.mlflow"],
+    "triggers": ["triggers.mlflow", "triggers.kserve"],
 }
 _EXTRA_LINKS: list[str] = ["links.mlflow.MLflowRunLink", "links.mlflow.MLflowModelVersionLink"]
 

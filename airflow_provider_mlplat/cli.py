@@ -7,6 +7,7 @@ import json
 import sys
 
 from airflow_provider_mlplat.exceptions import MLPlatError
+from airflow_provider_mlplat.platform import ALL_SERVICES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,10 +21,14 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--mlflow-port", type=int, help="MLflow tracking server port (default 5000)")
     group.add_argument("--ray-port", type=int, help="Ray GCS port; the next two are taken too (default 6380)")
     group.add_argument("--ray-dashboard-port", type=int, help="Ray dashboard port (default 8265)")
+    group.add_argument("--model-server-port", type=int, help="KServe model server port (default 8090)")
+    group.add_argument("--prometheus-port", type=int, help="Prometheus port (default 9090)")
     group.add_argument("--airflow-db-url", help="Airflow metadata DB URL (default: SQLite under home)")
     group.add_argument("--mlflow-db-url", help="MLflow backend store URL (default: SQLite under home)")
     group.add_argument("--dags-folder", help="DAG folder (default: this repository's dags/)")
-    group.add_argument("--services", help="comma-separated subset of: mlflow,ray,airflow (default: all)")
+    group.add_argument(
+        "--services", help=f"comma-separated subset of: {','.join(ALL_SERVICES)} (default: all)"
+    )
     group.add_argument("--timeout", type=float, default=180, help="seconds to wait for services to answer")
     sub.add_parser("up", parents=[common, starting], help="start the platform and wait until it answers")
     status = sub.add_parser("status", parents=[common], help="show each service and whether it answers")
@@ -45,6 +50,8 @@ def _platform(args: argparse.Namespace, starting: bool):
         mlflow_port=args.mlflow_port,
         ray_port=args.ray_port,
         ray_dashboard_port=args.ray_dashboard_port,
+        model_server_port=args.model_server_port,
+        prometheus_port=args.prometheus_port,
         airflow_db_url=args.airflow_db_url,
         mlflow_db_url=args.mlflow_db_url,
         dags_folder=args.dags_folder,

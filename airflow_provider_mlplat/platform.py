@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from string import Template
 from typing import Any
 from xmlrpc.client import Fault
 
@@ -22,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 #: Airflow components in start order; supervisord stops them in reverse (scheduler first).
 AIRFLOW_COMPONENTS = ("api-server", "dag-processor", "triggerer", "scheduler")
-ALL_SERVICES = ("mlflow", "ray", "airflow")
+ALL_SERVICES = ("mlflow", "ray", "model-server", "prometheus", "airflow")
 #: set for every supervised process (and so its children): how `down` finds what is left
 MARKER = "MLPLAT_SUPERVISED_HOME"
 
@@ -37,6 +39,8 @@ class Settings:
     :param mlflow_port: MLflow tracking server port.
     :param ray_port: Ray GCS port (the next two ports go to the Ray client server and dashboard agent).
     :param ray_dashboard_port: Ray dashboard / Job Submission API port.
+    :param model_server_port: KServe model server port.
+    :param prometheus_port: Prometheus port.
     :param airflow_db_url: Airflow metadata database (default: SQLite under home).
     :param mlflow_db_url: MLflow backend store (default: SQLite under home).
     :param dags_folder: DAG folder Airflow runs (default: this repository's ``dags/``).
@@ -48,6 +52,8 @@ class Settings:
     mlflow_port: int = 5000
     ray_port: int = 6380
     ray_dashboard_port: int = 8265
+    model_server_port: int = 8090
+    prometheus_port: int = 9090
     airflow_db_url: str = ""
     mlflow_db_url: str = ""
     dags_folder: Path = REPO_ROOT / "dags"
@@ -104,7 +110,7 @@ class Settings:
 
 @dataclass(frozen=True)
 class Service:
-    """One supervised program."""
+    """One supervised program; ``files`` are config files ``write_config`` writes for it."""
 
     name: str
     command: list[str]
@@ -115,6 +121,7 @@ class Service:
     priority: int = 100
     autostart: bool = True
     stop_wait: int = 20
+    files: dict[Path, str] = field(default_factory=dict)
 
 
 class Platform:
@@ -255,6 +262,50 @@ class Platform:
                     stop_wait=5,  # GCS and raylet can ignore SIGTERM for 20 s and more
                 )
             )
+        if "model-server" in s.services:
+            out.append(
+                Service(
+                    name="model-server",
+                    command=[sys.executable, "-m", "airflow_provider_mlplat.serving"],
+                    env={
+                        "MLPLAT_SERVING_HOST": "127.0.0.1",
+                        "MLPLAT_SERVING_PORT": str(s.model_server_port),
+                        "MLPLAT_SERVING_STATE_FILE": str(self.home / "serving" / "deployments.json"),
+                        "MLPLAT_SERVING_INFERENCE_LOG": str(self.home / "inference-log"),
+                        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{s.mlflow_port}",
+                    },
+                    url=f"http://127.0.0.1:{s.model_server_port}",
+                    health_path="/v2/health/live",
+                    ports=(s.model_server_port,),
+                    priority=20,
+                )
+            )
+        if "prometheus" in s.services:
+            binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+            if not Path(binary).exists():
+                raise MLPlatConfigError(
+                    "the prometheus service needs the prometheus binary (Debian/Ubuntu: apt-get install "
+                    "prometheus); or leave it out with --services"
+                )
+            config = self.home / "prometheus" / "prometheus.yml"
+            template = Template((REPO_ROOT / "include" / "prometheus" / "prometheus.yml").read_text())
+            out.append(
+                Service(
+                    name="prometheus",
+                    command=[
+                        binary,
+                        f"--config.file={config}",
+                        f"--web.listen-address=127.0.0.1:{s.prometheus_port}",
+                        f"--storage.tsdb.path={self.home / 'prometheus' / 'data'}",
+                        "--storage.tsdb.retention.time=7d",
+                    ],
+                    url=f"http://127.0.0.1:{s.prometheus_port}",
+                    health_path="/-/ready",
+                    ports=(s.prometheus_port,),
+                    priority=30,
+                    files={config: template.substitute(asdict(s))},
+                )
+            )
         if "airflow" in s.services:
             api = f"http://127.0.0.1:{s.airflow_port}"
             for rank, component in enumerate(AIRFLOW_COMPONENTS):
@@ -285,6 +336,17 @@ class Platform:
                 "conn_type": "ray",
                 "host": f"http://127.0.0.1:{s.ray_dashboard_port}",
                 "password": self.secrets()["ray_auth_token"],
+            }
+        if "model-server" in s.services:
+            conns["kserve_default"] = {
+                "conn_type": "kserve",
+                "host": f"http://127.0.0.1:{s.model_server_port}",
+                "extra": {"namespace": "local", "inference_log": str(self.home / "inference-log")},
+            }
+        if "prometheus" in s.services:
+            conns["prometheus_default"] = {
+                "conn_type": "prometheus",
+                "host": f"http://127.0.0.1:{s.prometheus_port}",
             }
         return conns
 
@@ -321,6 +383,9 @@ class Platform:
             "",
         ]
         for svc in self.services():
+            for path, text in svc.files.items():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
             env = ",".join(f"{k}={_quote(v, always=True)}" for k, v in svc.env.items())
             lines += [
                 f"[program:{svc.name}]",
@@ -332,7 +397,7 @@ class Platform:
                 "startretries=2",
                 "stopasgroup=true",
                 "killasgroup=true",
-                "stopwaitsecs=20",
+                f"stopwaitsecs={svc.stop_wait}",
                 "stopsignal=TERM",
                 f"stdout_logfile={self.home / 'logs' / (svc.name + '.log')}",
                 "redirect_stderr=true",

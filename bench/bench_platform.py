@@ -31,6 +31,7 @@ def run() -> str:
                 mlflow_port=free_port(),
                 ray_port=free_port_block(3),
                 ray_dashboard_port=free_port(),
+                services=("mlflow", "ray", "airflow"),  # the footprint target's scope
             )
         )
         started = time.monotonic()

@@ -82,6 +82,8 @@ def running_platform(home: Path, services: tuple[str, ...], **settings) -> Itera
         "mlflow_port": free_port(),
         "ray_port": free_port_block(3),
         "ray_dashboard_port": free_port(),
+        "model_server_port": free_port(),
+        "prometheus_port": free_port(),
     }
     platform = Platform(Settings(home=home, services=services, **{**ports, **settings}))
     try:

@@ -31,6 +31,10 @@ def port_args() -> list[str]:
         str(free_port_block(3)),
         "--ray-dashboard-port",
         str(free_port()),
+        "--model-server-port",
+        str(free_port()),
+        "--prometheus-port",
+        str(free_port()),
     ]
 
 
@@ -63,7 +67,7 @@ def test_up_status_demo_down(tmp_path):
 
         status = mlplat("status", "--home", home)
         assert status.returncode == 0, status.stdout
-        for name in ("mlflow", "ray", "airflow"):
+        for name in ("mlflow", "ray", "model-server", "prometheus", "airflow"):
             assert any(line.split()[:2] == ["up", name] for line in status.stdout.splitlines()), status.stdout
 
         supervisor, service_pids = platform.supervisor_pid(), platform.rpc().getAllProcessInfo()
@@ -79,7 +83,9 @@ def test_up_status_demo_down(tmp_path):
         down = mlplat("down", "--home", home)
     assert down.returncode == 0, down.stderr
     assert platform.processes() == []
-    for port in (s.airflow_port, s.mlflow_port, s.ray_port, s.ray_dashboard_port):
+    for port in (
+        s.airflow_port, s.mlflow_port, s.ray_port, s.ray_dashboard_port, s.model_server_port, s.prometheus_port
+    ):
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is fine
             sock.bind(("127.0.0.1", port))  # nobody listens there any more

@@ -1,0 +1,210 @@
+"""The InferenceService rollout target against the Kubernetes emulator and a fake KServe controller."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from airflow_provider_mlplat.exceptions import MLPlatConfigError
+from airflow_provider_mlplat.hooks.kserve import InferenceServiceTarget, ModelVersionRef, isvc_readiness
+from airflow_provider_mlplat.triggers.kserve import KServeInferenceServiceReadyTrigger
+from tests.kserve_controller import FakeKServeController
+
+ORIGIN = {
+    "dag_id": "deployment pipeline!",
+    "run_id": "manual__2026-01-01T00:00:00+00:00",
+    "task_id": "rollout",
+}
+NAME = "trip-completion"
+
+
+def ref(version: str) -> ModelVersionRef:
+    return ModelVersionRef(
+        "trip_completion", version, f"s3://models/trip_completion/{version}", f"run{version}"
+    )
+
+
+def target(**config) -> InferenceServiceTarget:
+    return InferenceServiceTarget(
+        {"kind": "kubernetes", "namespace": "default", "kubernetes_conn_id": "kubernetes_default", **config}
+    )
+
+
+def stored(k8s) -> dict:
+    return k8s.get_object("serving.kserve.io", "v1beta1", "default", "inferenceservices", NAME)
+
+
+def wait_ready(t: InferenceServiceTarget, expect: dict, timeout: float = 5, hold: float = 0) -> dict:
+    trigger = KServeInferenceServiceReadyTrigger(t.config, NAME, expect, timeout=timeout, poll_interval=0.05,
+                                                 hold_seconds=hold)  # fmt: skip
+
+    async def first():
+        async for event in trigger.run():
+            return event.payload
+
+    return asyncio.run(first())
+
+
+def patches(k8s) -> list:
+    return [c.body for c in k8s.requests if c.method == "PATCH" and c.plural == "inferenceservices"]
+
+
+def test_manifest_validates_against_the_official_crd(validate_manifest):
+    t = target(logger_url="http://inference-log.mlplat.svc/events", deployment_mode="Serverless",
+               predictor={"minReplicas": 1, "maxReplicas": 3,
+                          "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}}})  # fmt: skip
+    manifest = t.manifest(NAME, ref("3"), {"mlplat.io/dag-id": "deployment pipeline!"},
+                          {"mlplat.io/run-id": ORIGIN["run_id"]}, 10, t.config["predictor"])  # fmt: skip
+    validate_manifest(manifest)
+    predictor = manifest["spec"]["predictor"]
+    assert predictor["model"] == {
+        "modelFormat": {"name": "mlflow"}, "protocolVersion": "v2",
+        "storageUri": "s3://models/trip_completion/3", "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}},
+    }  # fmt: skip
+    assert (predictor["minReplicas"], predictor["maxReplicas"], predictor["canaryTrafficPercent"]) == (
+        1,
+        3,
+        10,
+    )
+    assert predictor["logger"] == {"mode": "all", "url": "http://inference-log.mlplat.svc/events"}
+    assert manifest["metadata"]["labels"] == {
+        "mlplat.io/model-name": "trip_completion", "mlplat.io/model-version": "3",
+        "mlplat.io/dag-id": "deployment-pipeline",
+    }  # fmt: skip
+    assert manifest["metadata"]["annotations"]["mlplat.io/run-id"] == ORIGIN["run_id"]
+    assert manifest["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+
+
+def test_create_then_canary_steps_then_promote_follow_kserve_status(k8s, validate_manifest):
+    t = target()
+    with FakeKServeController(k8s) as controller:
+        expect = t.stage(NAME, ref("1"), None, ORIGIN, direct=False)
+        assert expect == {"generation": 1} and k8s.count("POST", "inferenceservices") == 1
+        assert wait_ready(t, expect)["status"] == "ready"
+        assert t.stage(NAME, ref("1"), t.current(NAME), ORIGIN, direct=False) == {
+            "generation": 1
+        }  # no-op patch
+        assert t.current(NAME).stable == "1"
+
+        expect = t.stage(NAME, ref("2"), t.current(NAME), ORIGIN, direct=False)
+        assert expect == {"generation": 2} and wait_ready(t, expect)["status"] == "ready"
+        assert (t.current(NAME).stable, t.current(NAME).canary) == ("1", "2")
+        for percent in (10, 50):
+            assert wait_ready(t, t.shift(NAME, ref("2"), "1", percent))["status"] == "ready"
+            traffic = stored(k8s)["status"]["components"]["predictor"]["traffic"]
+            assert [(x["tag"], x["percent"]) for x in traffic] == [
+                ("prev", 100 - percent),
+                ("latest", percent),
+            ]
+        assert t.selectors(NAME, "1", ref("2")) == {
+            "canary": f'namespace_name="default",revision_name="{NAME}-predictor-00002"',
+            "stable": f'namespace_name="default",revision_name="{NAME}-predictor-00001"',
+        }
+        assert wait_ready(t, t.promote(NAME, ref("2"), "1"))["status"] == "ready"
+
+    isvc = stored(k8s)
+    validate_manifest(isvc)  # spec and the status the controller wrote
+    assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://models/trip_completion/2"
+    assert isvc["metadata"]["annotations"]["mlplat.io/stable-model-version"] == "2"
+    assert isvc["status"]["components"]["predictor"]["latestRolledoutRevision"] == f"{NAME}-predictor-00002"
+    assert controller.revisions[NAME][-1]["model"]["storageUri"].endswith("/2")
+    steps = [p.get("spec", {}).get("predictor", {}).get("canaryTrafficPercent", "-") for p in patches(k8s)]
+    assert steps == ["-", 0, 10, 50, None]  # no-op re-apply, stage at 0%, 10%, 50%, promote removes it
+    assert t.describe(NAME) == {"url": "http://trip.example.com", "revision": f"{NAME}-predictor-00002",
+                                "traffic": {"2": 100}}  # fmt: skip
+
+
+def test_a_ready_status_of_the_previous_generation_is_not_ready(k8s):
+    t = target()
+    with FakeKServeController(k8s) as controller:
+        assert wait_ready(t, t.stage(NAME, ref("1"), None, ORIGIN, direct=False))["status"] == "ready"
+        controller.behaviour = "stale"
+        expect = t.stage(NAME, ref("2"), t.current(NAME), ORIGIN, direct=False)
+        time.sleep(0.2)
+        isvc = stored(k8s)
+        assert {c["type"]: c["status"] for c in isvc["status"]["conditions"]}["Ready"] == "True"
+        assert isvc_readiness(isvc, expect["generation"]) == (
+            "pending", "generation 2 not observed yet (observedGeneration=1)"
+        )  # fmt: skip
+        event = wait_ready(t, expect, timeout=0.5)
+    assert event["status"] == "timeout" and "not observed yet" in event["detail"]
+
+
+def test_never_ready_times_out_and_rollback_pins_traffic_to_the_rolled_out_revision(k8s):
+    t = target()
+    with FakeKServeController(k8s) as controller:
+        wait_ready(t, t.stage(NAME, ref("1"), None, ORIGIN, direct=False))
+        previous = t.previous_spec(NAME)
+        controller.behaviour = "never"
+        current = t.current(NAME)
+        event = wait_ready(t, t.stage(NAME, ref("2"), current, ORIGIN, direct=False), timeout=0.5)
+        assert event["status"] == "timeout" and "PredictorReady is False: RevisionMissing" in event["detail"]
+        done = t.rollback(NAME, ref("2"), current.stable, previous)
+    assert done == f"canaryTrafficPercent of {NAME} set to 0: all traffic on the last rolled-out revision"
+    isvc = stored(k8s)
+    assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    assert isvc["metadata"]["annotations"]["mlplat.io/rolled-back-version"] == "2"
+    assert (t.current(NAME).stable, t.current(NAME).canary) == ("1", "2")  # stable stays; 2 holds 0%
+
+
+def test_failed_model_load_fails_without_waiting_for_the_timeout(k8s):
+    t = target()
+    with FakeKServeController(k8s, behaviour="failed-load"):
+        started = time.monotonic()
+        event = wait_ready(t, t.stage(NAME, ref("1"), None, ORIGIN, direct=False), timeout=30)
+    assert event["status"] == "failed" and "BlockedByFailedLoad: ModelLoadFailed bad model" in event["detail"]
+    assert time.monotonic() - started < 10
+
+
+def test_raw_deployment_mode_refuses_a_canary_but_takes_a_direct_rollout(k8s, validate_manifest):
+    t = target(deployment_mode="RawDeployment")
+    with FakeKServeController(k8s):
+        wait_ready(t, t.stage(NAME, ref("1"), None, ORIGIN, direct=False))
+        current = t.current(NAME)
+        assert current.mode == "RawDeployment"
+        with pytest.raises(MLPlatConfigError, match=r"RawDeployment mode.*Use strategy='direct'"):
+            t.check(NAME, current, canary=True)
+        t.check(NAME, current, canary=False)
+        previous = t.previous_spec(NAME)
+        expect = t.stage(NAME, ref("2"), current, ORIGIN, direct=True)
+        assert "canaryTrafficPercent" not in stored(k8s)["spec"]["predictor"]
+        assert wait_ready(t, expect)["status"] == "ready"
+        done = t.rollback(NAME, ref("2"), "1", previous)  # direct rollback restores the old predictor
+    assert done == f"predictor spec of {NAME} restored to version 1"
+    isvc = stored(k8s)
+    validate_manifest(isvc)
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://models/trip_completion/1"
+    assert isvc["metadata"]["labels"]["mlplat.io/model-version"] == "1"
+
+
+def test_rollback_of_a_first_deployment_deletes_it_and_delete_is_idempotent(k8s):
+    t = target()
+    t.stage(NAME, ref("1"), None, ORIGIN, direct=False)
+    assert (
+        t.rollback(NAME, ref("1"), None, None)
+        == f"InferenceService default/{NAME} deleted (the rollout created it)"
+    )
+    assert stored(k8s) is None and t.current(NAME) is None
+    assert t.delete(NAME) is False
+
+
+def test_mode_detection_and_a_service_the_provider_did_not_create(k8s):
+    from airflow_provider_mlplat.hooks.kserve import deployment_mode
+
+    assert (
+        deployment_mode({"metadata": {"annotations": {"serving.kserve.io/deploymentMode": "Standard"}}}, None)
+        == "Standard"
+    )
+    assert (
+        deployment_mode({"metadata": {}, "status": {"deploymentMode": "RawDeployment"}}, "Serverless")
+        == "RawDeployment"
+    )
+    assert deployment_mode(None, "RawDeployment") == "RawDeployment"
+    assert deployment_mode(None, None) == "Serverless"
+    foreign = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": NAME},
+               "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": "gs://x"}}}}  # fmt: skip
+    target().apply(foreign)
+    assert target().current(NAME).stable == "unknown"  # never taken for an empty slot
