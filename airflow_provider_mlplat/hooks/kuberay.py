@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_mlplat.exceptions import MLPlatConfigError
-from airflow_provider_mlplat.hooks.ray import TERMINAL_STATUSES, JobReader, RayHook, RayJobState
+from airflow_provider_mlplat.hooks.ray import (
+    TERMINAL_STATUSES,
+    JobReader,
+    RayHook,
+    RayJobState,
+    shared_client,
+)
 
 if TYPE_CHECKING:
     from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook, KubernetesHook
@@ -128,6 +134,7 @@ class KubeRayHook(RayHook):
 
     hook_name = "KubeRay"
     target = "kuberay"
+    async_client_modules = ("kubernetes_asyncio.client", "airflow.providers.cncf.kubernetes.hooks.kubernetes")
 
     @property
     def kubernetes_conn_id(self) -> str:
@@ -147,8 +154,9 @@ class KubeRayHook(RayHook):
 
         return KubernetesHook(conn_id=self.kubernetes_conn_id)
 
+    @cached_property
     def async_kubernetes_hook(self) -> AsyncKubernetesHook:
-        """A new cncf-kubernetes ``AsyncKubernetesHook`` (it caches its config per instance)."""
+        """The cncf-kubernetes ``AsyncKubernetesHook`` (cached; it caches its config)."""
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
 
         return AsyncKubernetesHook(conn_id=self.kubernetes_conn_id)
@@ -157,6 +165,17 @@ class KubeRayHook(RayHook):
     def namespace(self) -> str:
         """Namespace of the RayJobs: the ``namespace`` extra, else the Kubernetes connection's."""
         return self.extra("namespace") or self.kubernetes_hook.get_namespace() or "default"
+
+    async def anamespace(self) -> str:
+        """:attr:`namespace`, reading the Kubernetes connection without blocking the event loop."""
+        if "namespace" not in self.__dict__:
+            extras = await self.async_kubernetes_hook.get_conn_extras()
+            self.__dict__["namespace"] = self.extra("namespace") or extras.get("namespace") or "default"
+        return self.namespace
+
+    def _async_api(self):
+        """The async Kubernetes API client, shared in this event loop (see ``shared_client``)."""
+        return shared_client(("kubernetes", self.kubernetes_conn_id), self.async_kubernetes_hook.get_conn)
 
     def probe(self) -> str:
         """List the RayJobs of the namespace (proves the API answers and KubeRay's CRD is there)."""
@@ -337,14 +356,13 @@ class KubeRayHook(RayHook):
         """An async function reading RayJob states over one Kubernetes API client, open for the block."""
         from kubernetes_asyncio.client import ApiException, CustomObjectsApi
 
-        async with self.async_kubernetes_hook().get_conn() as api_client:
+        namespace = await self.anamespace()
+        async with self._async_api() as api_client:
             api = CustomObjectsApi(api_client)
 
             async def read(job_id: str) -> RayJobState | None:
                 try:
-                    obj = await api.get_namespaced_custom_object(
-                        name=job_id, namespace=self.namespace, **RAYJOB
-                    )
+                    obj = await api.get_namespaced_custom_object(name=job_id, namespace=namespace, **RAYJOB)
                 except ApiException as err:
                     if err.status == 404:
                         return None
@@ -361,10 +379,11 @@ class KubeRayHook(RayHook):
         """
         from kubernetes_asyncio.client import ApiException, CustomObjectsApi
 
-        async with self.async_kubernetes_hook().get_conn() as api_client:
+        namespace = await self.anamespace()
+        async with self._async_api() as api_client:
             try:
                 await CustomObjectsApi(api_client).delete_namespaced_custom_object(
-                    name=job_id, namespace=self.namespace, **RAYJOB
+                    name=job_id, namespace=namespace, **RAYJOB
                 )
             except ApiException as err:
                 if err.status != 404:

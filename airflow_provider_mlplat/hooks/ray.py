@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +67,43 @@ class RayJobState:
         return asdict(self)
 
 
+@dataclass
+class _SharedClient:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    client: Any = None
+    users: int = 0
+    exits: AsyncExitStack = field(default_factory=AsyncExitStack)
+
+
+_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, _SharedClient]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@asynccontextmanager
+async def shared_client(key: Hashable, open_client: Callable[[], AbstractAsyncContextManager[Any]]):
+    """
+    One client per key and event loop, shared by everything waiting in that loop (the triggers of a
+    triggerer), closed when the last user leaves. Each HTTP client builds an SSL context: ~50 ms of
+    blocked event loop and over a megabyte, too much to pay per trigger.
+
+    :param key: what the client talks to (and as whom).
+    :param open_client: opens a new client (an async context manager).
+    """
+    shared = _shared.setdefault(asyncio.get_running_loop(), {}).setdefault(key, _SharedClient())
+    async with shared.lock:
+        if shared.client is None:
+            shared.client = await shared.exits.enter_async_context(open_client())
+        shared.users += 1
+    try:
+        yield shared.client
+    finally:
+        shared.users -= 1
+        if shared.users == 0:
+            exits, shared.client, shared.exits = shared.exits, None, AsyncExitStack()
+            await exits.aclose()
+
+
 class RayHook(MLPlatHook):
     """
     Talks to a Ray cluster through its dashboard's Job Submission API.
@@ -81,6 +121,8 @@ class RayHook(MLPlatHook):
     default_conn_name = "ray_default"
     hook_name = "Ray"
     target = "ray"
+    #: what the async methods import (in a thread, before a trigger runs: see :func:`aray_job_hook`)
+    async_client_modules: tuple[str, ...] = ("httpx",)
 
     def __init__(self, ray_conn_id: str = default_conn_name) -> None:
         super().__init__(conn_id=ray_conn_id)
@@ -232,12 +274,19 @@ class RayHook(MLPlatHook):
 
     # -- async, for triggers ------------------------------------------------------------------
 
+    def _async_http(self):
+        """The dashboard's async HTTP client, shared in this event loop (see :func:`shared_client`)."""
+        import httpx
+
+        key = ("ray-dashboard", self.address, hash(self.connection.password))
+        return shared_client(
+            key, lambda: httpx.AsyncClient(base_url=self.address, headers=self.headers, timeout=30)
+        )
+
     @asynccontextmanager
     async def job_reader(self) -> AsyncIterator[JobReader]:
         """An async function reading job states over one HTTP client, open for the block."""
-        import httpx
-
-        async with httpx.AsyncClient(base_url=self.address, headers=self.headers, timeout=30) as http:
+        async with self._async_http() as http:
 
             async def read(job_id: str) -> RayJobState | None:
                 response = await http.get(f"/api/jobs/{job_id}")
@@ -254,9 +303,7 @@ class RayHook(MLPlatHook):
 
         :param job_id: submission id.
         """
-        import httpx
-
-        async with httpx.AsyncClient(base_url=self.address, headers=self.headers, timeout=30) as http:
+        async with self._async_http() as http:
             response = await http.post(f"/api/jobs/{job_id}/stop")
             if response.status_code != 404:
                 response.raise_for_status()
@@ -285,11 +332,15 @@ def ray_job_hook(ray_conn_id: str) -> RayHook:
 
 async def aray_job_hook(ray_conn_id: str) -> RayHook:
     """
-    :func:`ray_job_hook` for the event loop: reads the connection without blocking it.
+    :func:`ray_job_hook` for the event loop: reads the connection and imports the async client
+    (the first time: ~0.5 s for the Kubernetes one) without blocking it.
 
     :param ray_conn_id: Airflow connection id of type ``ray``.
     """
     connection = await RayHook.aget_connection(ray_conn_id)
-    hook = _hook_class(connection.extra_dejson)(ray_conn_id)
+    cls = _hook_class(connection.extra_dejson)
+    for module in cls.async_client_modules:
+        await asyncio.to_thread(importlib.import_module, module)
+    hook = cls(ray_conn_id)
     hook.__dict__["connection"] = connection
     return hook

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -63,7 +64,8 @@ async def wait_for_job(
                     state,
                     f"still pending {waited:.0f} s after submission (startup_timeout={startup_timeout:g} s)",
                 )
-            await asyncio.sleep(poll_interval)
+            # +-25% jitter: triggers started together (a triggerer restart) must not poll in lockstep
+            await asyncio.sleep(poll_interval * random.uniform(0.75, 1.25))
 
 
 class RayJobTrigger(BaseTrigger):
@@ -107,6 +109,8 @@ class RayJobTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll the job's status until there is something to report."""
+        # spread the start of triggers that a (re)started triggerer launches all at once
+        await asyncio.sleep(random.uniform(0, min(self.poll_interval, 1.0)))
         hook = await aray_job_hook(self.ray_conn_id)
         yield TriggerEvent(await wait_for_job(hook, self.job_id, self.poll_interval, self.startup_timeout))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import zipfile
@@ -303,3 +304,32 @@ def test_ray_job_link_url():
     context = task_context()
     RayJobLink().persist(context, "http://ray:8265", "train-abc")
     assert context["ti"].xcoms == {"_link_RayJobLink": "http://ray:8265/#/jobs/train-abc"}
+
+
+def test_triggers_in_one_event_loop_share_one_client_per_target():
+    from contextlib import asynccontextmanager
+
+    from airflow_provider_mlplat.hooks.ray import shared_client
+
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def open_client():
+        events.append("open")
+        await asyncio.sleep(0.01)  # opening takes a while: concurrent users must not open twice
+        yield object()
+        events.append("close")
+
+    async def use(key, hold):
+        async with shared_client(key, open_client) as client:
+            await asyncio.sleep(hold)
+            return client
+
+    async def scenario():
+        a, b, c = await asyncio.gather(use("k8s-a", 0.05), use("k8s-a", 0.02), use("k8s-b", 0.01))
+        assert a is b and a is not c
+        assert events == ["open", "open", "close", "close"]  # one per key, closed by the last user
+        again = await use("k8s-a", 0)
+        assert again is not a and events[-2:] == ["open", "close"]  # reopened after everyone left
+
+    asyncio.run(scenario())
