@@ -221,8 +221,18 @@ class RayHook(MLPlatHook):
         existing = self.get_job(job_id)
         if existing is not None:
             return existing, False
+        import tenacity
+
+        # a head that just started answers "No available agent to submit job, please try again later"
+        agent_not_ready = tenacity.retry_if_exception_message(match=".*No available agent.*")
+        submit = tenacity.retry(
+            retry=agent_not_ready,
+            wait=tenacity.wait_fixed(1),
+            stop=tenacity.stop_after_delay(60),
+            reraise=True,
+        )(self.client.submit_job)
         try:
-            self.client.submit_job(
+            submit(
                 entrypoint=entrypoint,
                 submission_id=job_id,
                 runtime_env=runtime_env,

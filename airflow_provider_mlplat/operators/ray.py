@@ -374,35 +374,37 @@ class RayJobOperator(BaseOperator):
         self._hook, self._job_id = hook, event["job_id"]
         return self._finish(context, hook, event)
 
-    async def _follow(self, hook: RayHook, job_id: str) -> tuple[dict[str, Any], bool]:
-        """Wait for the job in this process, streaming its log once the dashboard holds it."""
-        tail: asyncio.Task[bool] | None = None
+    async def _follow(self, hook: RayHook, job_id: str) -> tuple[dict[str, Any], int | None]:
+        """
+        Wait for the job in this process, streaming its log once the dashboard holds it; return the
+        event and how many log lines were streamed (None: not streamed).
+        """
+        tail: asyncio.Task[None] | None = None
+        streamed: list[str] = []
 
         def on_state(state: RayJobState) -> None:
             nonlocal tail
             if tail is None and state.dashboard_url and state.status != "PENDING":
-                tail = asyncio.create_task(self._stream(hook, state))
+                tail = asyncio.create_task(self._stream(hook, state, streamed))
 
         event = await wait_for_job(hook, job_id, self.poll_interval, self.startup_timeout, on_state)
-        streamed = False
-        if tail is not None:
-            try:
-                streamed = await asyncio.wait_for(tail, timeout=30)
-            except TimeoutError:
-                self.log.warning("the job's log stream did not end 30 s after the job: stopped following it")
-        return event, streamed
+        if tail is None:
+            return event, None
+        # Ray closes a finished job's log stream seconds later: the rest comes with the whole log
+        tail.cancel()
+        await asyncio.gather(tail, return_exceptions=True)
+        return event, len(streamed)
 
-    async def _stream(self, hook: RayHook, state: RayJobState) -> bool:
+    async def _stream(self, hook: RayHook, state: RayJobState, sink: list[str]) -> None:
         try:
             async for line in hook.tail_logs(state):
+                sink.append(line)
                 self.log.info("%s", line)
-        except Exception as err:  # the log is fetched again at the end; streaming is a convenience
+        except Exception as err:  # the whole log is read at the end: what the stream missed is logged then
             self.log.warning("could not follow the log of job %s: %s", state.job_id, err)
-            return False
-        return True
 
     def _finish(
-        self, context: Context, hook: RayHook, event: dict[str, Any], streamed: bool = False
+        self, context: Context, hook: RayHook, event: dict[str, Any], streamed: int | None = None
     ) -> dict[str, Any] | None:
         job_id, kind = event["job_id"], event["event"]
         state = RayJobState(**event["state"]) if event.get("state") else None
@@ -419,7 +421,10 @@ class RayJobOperator(BaseOperator):
         logs = self._logs(hook, state)
         lines = logs.splitlines() if logs is not None else []
         tail = lines[-self.log_tail_lines :] if self.log_tail_lines else []
-        if tail and not streamed:
+        if streamed is not None:
+            for line in lines[streamed:]:  # what the stream had not delivered yet
+                self.log.info("%s", line)
+        elif tail:
             self.log.info("last %d line(s) of the log of job %s:\n%s", len(tail), job_id, "\n".join(tail))
         if state.status != "SUCCEEDED":
             shown = f"\n--- last {len(tail)} log line(s) ---\n" + "\n".join(tail) if tail else ""
