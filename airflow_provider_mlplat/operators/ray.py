@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import itertools
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -205,26 +206,23 @@ class RayJobOperator(BaseOperator):
                 raise bad("working_dir", self.working_dir, "expected an existing absolute folder or a URI")
         if self.pip is not None and not isinstance(self.pip, (str, list, Mapping)):
             raise bad("pip", self.pip, "expected a list of requirements, a requirements file or a dict")
-        numbers = {
-            "poll_interval": (self.poll_interval, 0, False),
-            "startup_timeout": (self.startup_timeout, 0, False),
-            "log_tail_lines": (self.log_tail_lines, 0, True),
-            "entrypoint_num_cpus": (self.entrypoint_num_cpus, 0, True),
-            "worker_replicas": (self.worker_replicas, 0, True),
-            "ttl_seconds_after_finished": (self.ttl_seconds_after_finished, 0, True),
-            "active_deadline_seconds": (self.active_deadline_seconds, 0, False),
-            "backoff_limit": (self.backoff_limit, 0, True),
-        }
-        for name, (value, low, inclusive) in numbers.items():
-            if value is None and name in (
-                "entrypoint_num_cpus",
-                "worker_replicas",
-                "active_deadline_seconds",
-            ):
+        optional = ("entrypoint_num_cpus", "worker_replicas", "active_deadline_seconds")
+        for name, low in {
+            "poll_interval": "> 0",
+            "startup_timeout": "> 0",
+            "active_deadline_seconds": "> 0",
+            "log_tail_lines": ">= 0",
+            "entrypoint_num_cpus": ">= 0",
+            "worker_replicas": ">= 0",
+            "ttl_seconds_after_finished": ">= 0",
+            "backoff_limit": ">= 0",
+        }.items():
+            value = getattr(self, name)
+            if value is None and name in optional:
                 continue
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not ok or value < low or (value == low and not inclusive):
-                raise bad(name, value, f"expected a number {'>=' if inclusive else '>'} {low}")
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or value < 0 or (value == 0 and low == "> 0"):
+                raise bad(name, value, f"expected a number {low}")
         generated = {
             "image": self.image,
             "head_resources": self.head_resources,
@@ -332,8 +330,12 @@ class RayJobOperator(BaseOperator):
 
     def _record(self, context: Context, hook: RayHook, state: RayJobState) -> None:
         """Keep the job summary and the dashboard link in XCom."""
-        summary = {"job_id": state.job_id, "target": hook.target, "status": state.status}
-        summary["dashboard_url"] = state.dashboard_url
+        summary = {
+            "job_id": state.job_id,
+            "target": hook.target,
+            "status": state.status,
+            "dashboard_url": state.dashboard_url,
+        }
         if hook.target == "kuberay":
             summary["namespace"] = hook.namespace  # type: ignore[attr-defined]
         context["ti"].xcom_push(key=JOB_XCOM_KEY, value=summary)
@@ -465,9 +467,7 @@ def _mlflow_env(mlflow_conn_id: str) -> dict[str, str]:
     env = {"MLFLOW_TRACKING_URI": hook.tracking_uri}
     if hook.registry_uri != hook.tracking_uri:
         env["MLFLOW_REGISTRY_URI"] = hook.registry_uri
-    with hook.credentials():
-        import os
-
+    with hook.credentials():  # the hook decides which variables carry the credentials
         for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
             if os.environ.get(name):
                 env[name] = os.environ[name]
