@@ -333,3 +333,39 @@ def test_triggers_in_one_event_loop_share_one_client_per_target():
         assert again is not a and events[-2:] == ["open", "close"]  # reopened after everyone left
 
     asyncio.run(scenario())
+
+
+def test_submission_waits_for_a_fresh_heads_job_agent_and_detects_a_race(monkeypatch):
+    set_connection("ray_submit", conn_type="ray", host="http://127.0.0.1:1")
+    hook = RayHook("ray_submit")
+    calls, failures = (
+        [],
+        [RuntimeError("status code 500: No available agent to submit job, please try again later")],
+    )
+
+    class Client:  # stands in for ray's JobSubmissionClient: only the call is checked
+        def submit_job(self, **kwargs):
+            calls.append(kwargs)
+            if failures:
+                raise failures.pop(0)
+
+    hook.__dict__["client"] = Client()
+    states = iter([None, RayJobState("j", "PENDING", 1.0)])
+    monkeypatch.setattr(hook, "get_job", lambda job_id: next(states))
+    state, created = hook.submit_job("j", "python x.py", {"pip": ["x"]}, {"k": "v"})
+    assert created and state.status == "PENDING"
+    expected = {
+        "entrypoint": "python x.py",
+        "submission_id": "j",
+        "runtime_env": {"pip": ["x"]},
+        "metadata": {"k": "v"},
+        "entrypoint_num_cpus": None,
+    }
+    assert calls == [expected, expected]  # retried once the agent answered
+
+    # another worker submitted the same id in between: this one attaches instead of failing
+    calls.clear()
+    failures.append(RuntimeError("status code 500: Job with submission_id j already exists"))
+    states = iter([None, RayJobState("j", "RUNNING", 1.0)])
+    state, created = hook.submit_job("j", "python x.py", {"pip": ["x"]}, {"k": "v"})
+    assert (state.status, created, calls) == ("RUNNING", False, [expected])
