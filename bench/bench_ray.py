@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -139,6 +140,7 @@ def overhead() -> str:
                 ray_times[name].append(_ray_runtime(job_id))
     finally:
         platform.down()
+        shutil.rmtree(home, ignore_errors=True)
     cli = statistics.median(walls[next(iter(ways))])
     rows = [
         f"| {name} | {statistics.median(walls[name]):.2f} | {statistics.median(ray_times[name]):.2f} | "
@@ -273,6 +275,7 @@ def triggers() -> str:
     finally:
         emulator.stdin.close()
         emulator.wait(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
     reads = TRIGGERS * WINDOW / TRIGGER_POLL
     per_trigger_hour = m["cpu_window"] / TRIGGERS / WINDOW * 3600
     lag_ok = "yes" if m["lag_max"] < 0.1 and m["lag_ramp_max"] < 0.1 else "**no**"
