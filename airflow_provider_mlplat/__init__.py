@@ -44,12 +44,18 @@ CONNECTION_TYPES: dict[str, dict[str, Any]] = {
     },
     "ray": {
         "hook": "hooks.ray.RayHook",
-        "name": "Ray cluster (Job Submission API)",
-        "fields": {},
+        "name": "Ray cluster (Job Submission API) or KubeRay",
+        "fields": {
+            "kubernetes_conn_id": _text("Kubernetes connection id (set: run jobs as KubeRay RayJobs)"),
+            "namespace": _text("Namespace of RayJobs (default: the Kubernetes connection's)"),
+        },
         "behaviour": {
             "hidden-fields": ["schema", "login", "port", "extra"],
-            "relabeling": {"host": "Dashboard address", "password": "Auth token"},
-            "placeholders": {"host": "http://127.0.0.1:8265"},
+            "relabeling": {
+                "host": "Dashboard address (KubeRay: optional, overrides the RayJob's)",
+                "password": "Auth token",
+            },
+            "placeholders": {"host": "http://127.0.0.1:8265", "namespace": "default"},
         },
     },
     "kserve": {
@@ -87,12 +93,23 @@ CONNECTION_TYPES: dict[str, dict[str, Any]] = {
 
 #: Modules per kind, listed for Airflow's provider manager (relative to the package).
 _MODULES: dict[str, list[str]] = {
-    "hooks": ["hooks.mlflow", "hooks.feast", "hooks.ray", "hooks.kserve", "hooks.prometheus"],
-    "operators": ["operators.mlflow", "operators.kserve"],
+    "hooks": [
+        "hooks.mlflow",
+        "hooks.feast",
+        "hooks.ray",
+        "hooks.kuberay",
+        "hooks.kserve",
+        "hooks.prometheus",
+    ],
+    "operators": ["operators.mlflow", "operators.ray", "operators.kserve"],
     "sensors": ["sensors.mlflow"],
-    "triggers": ["triggers.mlflow", "triggers.kserve"],
+    "triggers": ["triggers.mlflow", "triggers.ray", "triggers.kserve"],
 }
-_EXTRA_LINKS: list[str] = ["links.mlflow.MLflowRunLink", "links.mlflow.MLflowModelVersionLink"]
+_EXTRA_LINKS: list[str] = [
+    "links.mlflow.MLflowRunLink",
+    "links.mlflow.MLflowModelVersionLink",
+    "links.ray.RayJobLink",
+]
 
 
 def connection_fields(conn_type: str) -> tuple[str, ...]:

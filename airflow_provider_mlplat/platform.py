@@ -254,7 +254,8 @@ class Platform:
                         "--temp-dir",
                         str(s.run_dir / "ray"),
                     ],
-                    env=self.ray_env(),
+                    # job entrypoints run `python ...` from the head's PATH: make it this environment's
+                    env={**self.ray_env(), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', os.defpath)}"},
                     url=f"http://127.0.0.1:{s.ray_dashboard_port}",
                     health_path="/api/version",
                     ports=(s.ray_port, s.ray_port + 1, s.ray_port + 2, s.ray_dashboard_port),

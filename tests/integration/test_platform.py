@@ -84,7 +84,12 @@ def test_up_status_demo_down(tmp_path):
     assert down.returncode == 0, down.stderr
     assert platform.processes() == []
     for port in (
-        s.airflow_port, s.mlflow_port, s.ray_port, s.ray_dashboard_port, s.model_server_port, s.prometheus_port
+        s.airflow_port,
+        s.mlflow_port,
+        s.ray_port,
+        s.ray_dashboard_port,
+        s.model_server_port,
+        s.prometheus_port,
     ):
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is fine

@@ -1,0 +1,93 @@
+"""The training_pipeline DAG end to end: a real Ray head trains, a real MLflow server registers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.integration
+
+FEATURES = ["trip_distance_km", "conv_rate", "acc_rate", "avg_daily_trips", "cancel_rate_7d", "rating"]
+
+
+def synthetic_trips(rows: int = 3000, seed: int = 7) -> pd.DataFrame:
+    """Labelled trips as the Feast training-set step writes them: ids, UTC timestamps, features, label."""
+    rng = np.random.default_rng(seed)
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    frame = pd.DataFrame(
+        {
+            "driver_id": rng.integers(1001, 1101, rows).astype("int64"),
+            "event_timestamp": start + pd.to_timedelta(rng.uniform(0, 30 * 86400, rows), unit="s"),
+            "trip_distance_km": rng.gamma(2.0, 3.0, rows),
+            "conv_rate": rng.uniform(0, 1, rows),
+            "acc_rate": rng.uniform(0.5, 1, rows),
+            "avg_daily_trips": rng.integers(0, 40, rows).astype("int64"),
+            "cancel_rate_7d": rng.beta(2, 10, rows),
+            "rating": rng.normal(4.6, 0.2, rows),
+        }
+    )
+    logit = (
+        2.5 * frame.conv_rate
+        + 2.0 * (frame.acc_rate - 0.75)
+        - 6 * frame.cancel_rate_7d
+        - 0.08 * frame.trip_distance_km
+        + 0.8
+    )
+    frame["completed"] = (rng.uniform(0, 1, rows) < 1 / (1 + np.exp(-logit))).astype("int64")
+    return frame
+
+
+def test_training_pipeline_trains_on_ray_and_registers_a_challenger(
+    run_dag, ray_cluster, mlflow_server, tmp_path
+):
+    path = tmp_path / "training_set.parquet"
+    trips = synthetic_trips()
+    trips.to_parquet(path)
+
+    result = run_dag("training_pipeline", conf={"training_set_uri": str(path)})
+    assert result.state == "success", result.states
+    assert result.states == {"training_set": "success", "train": "success"}
+    summary = result.xcoms["training_set"]
+    assert summary["features"] == FEATURES and summary["rows"] == 3000 and summary["label"] == "completed"
+
+    trained = result.xcoms["train"]
+    assert set(trained) == {
+        "run_id",
+        "model_uri",
+        "model_name",
+        "version",
+        "metrics",
+        "training_set",
+        "feature_service",
+    }
+    assert trained["model_name"] == "trip_completion"
+    assert trained["model_uri"] == f"models:/trip_completion/{trained['version']}"
+    assert trained["training_set"] == {"uri": str(path), "content_hash": summary["content_hash"]}
+    assert trained["feature_service"] == "trip_completion_v1"
+    assert {"roc_auc", "accuracy", "log_loss"} <= set(trained["metrics"])
+    assert trained["metrics"]["roc_auc"] > 0.7  # the synthetic label has real signal
+
+    import mlflow
+
+    client = mlflow.MlflowClient(mlflow_server)
+    version = client.get_model_version_by_alias("trip_completion", "challenger")
+    assert version.version == trained["version"] and version.run_id == trained["run_id"]
+    assert version.tags["mlplat.feature_service"] == "trip_completion_v1"
+    assert version.tags["mlplat.training_set.content_hash"] == summary["content_hash"]
+    run = client.get_run(trained["run_id"])
+    assert run.data.metrics["roc_auc"] == pytest.approx(trained["metrics"]["roc_auc"])
+    assert run.data.params["model_family"] in ("logistic_regression", "hist_gradient_boosting")
+    assert run.data.tags["mlplat.ray_job_id"].startswith("train-")
+
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model("models:/trip_completion@challenger")
+    assert [c.name for c in model.metadata.get_input_schema().inputs] == FEATURES
+    predictions = model.predict(trips[FEATURES].head(20).astype("float64"))
+    assert set(np.unique(predictions)) <= {0, 1}
+
+
+def test_training_pipeline_refuses_a_missing_training_set(run_dag, tmp_path):
+    result = run_dag("training_pipeline", conf={"training_set_uri": str(tmp_path / "nope.parquet")})
+    assert result.state == "failed"
+    assert result.states == {"training_set": "failed", "train": "upstream_failed"}
