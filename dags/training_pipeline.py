@@ -12,6 +12,11 @@ Where the job runs is the `ray_default` connection's business: a Ray dashboard a
 head of `mlplat up`) or, with a `kubernetes_conn_id` extra, a KubeRay `RayJob` whose cluster is
 `include/kuberay/raycluster.yaml`. Trigger it by hand with the `training_set_uri` param (a parquet
 file with `driver_id`, `event_timestamp`, the features and `completed`).
+
+The newest `holdout_share` of the rows (by `event_timestamp`) never reaches training: the new version
+is evaluated on them with MLflow, and the promotion gate makes it `champion` only if it clears the
+thresholds and beats the current champion; a champion move emits `mlflow://models/trip_completion`,
+which schedules the deployment pipeline.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from airflow.sdk import AssetAny, Param, dag, task
 
 from airflow_provider_mlplat.assets import feast_feature_view_asset
+from airflow_provider_mlplat.operators.mlflow import MLflowEvaluateOperator, MLflowPromoteModelOperator
 from airflow_provider_mlplat.operators.ray import RayJobOperator
 
 INCLUDE = Path(__file__).resolve().parents[1] / "include"
@@ -41,6 +47,9 @@ FEATURE_VIEWS = ("driver_hourly_stats",)
         ),
         "feature_service": Param("trip_completion_v1", type="string", description="Feast feature service"),
         "label": Param("completed", type="string", description="label column"),
+        "holdout_share": Param(
+            0.2, type="number", minimum=0.05, maximum=0.5, description="newest rows held out"
+        ),
     },
 )
 def training_pipeline():
@@ -82,16 +91,64 @@ def training_pipeline():
             "feature_service": params["feature_service"],
         }
 
-    RayJobOperator(
+    @task
+    def holdout_split(summary: dict, params=None, **context) -> dict:
+        """Hold out the newest rows for evaluation; train on the rest (both written to artifact storage)."""
+        import hashlib
+
+        import pandas as pd
+        from airflow.sdk import ObjectStoragePath
+
+        from airflow_provider_mlplat.artifacts import task_artifact_dir
+
+        uri = summary["uri"]
+        with ObjectStoragePath(uri if "://" in uri else f"file://{Path(uri).resolve()}").open("rb") as handle:
+            frame = pd.read_parquet(handle).sort_values("event_timestamp", kind="stable")
+        cut = len(frame) - max(1, int(len(frame) * float(params["holdout_share"])))
+        folder = task_artifact_dir(context)
+        parts = {"train": frame.iloc[:cut], "holdout": frame.iloc[cut:]}
+        for name, part in parts.items():
+            with (folder / f"{name}.parquet").open("wb") as handle:
+                part.to_parquet(handle, index=False)
+        with (folder / "train.parquet").open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        return {
+            **summary,
+            "uri": str(folder / "train.parquet"),
+            "rows": len(parts["train"]),
+            "content_hash": digest,
+            "holdout_uri": str(folder / "holdout.parquet"),
+            "holdout_rows": len(parts["holdout"]),
+            "source_uri": uri,
+        }
+
+    split = holdout_split(training_set())
+    train = RayJobOperator(
         task_id="train",
         entrypoint=f"python train.py --model-name {MODEL_NAME} --experiment {MODEL_NAME}",
         working_dir=str(INCLUDE / "training"),
-        env_vars={"MLPLAT_TRAINING_SET": training_set()},
+        env_vars={"MLPLAT_TRAINING_SET": split},
         mlflow_conn_id="mlflow_default",
         cluster_spec_file=str(INCLUDE / "kuberay" / "raycluster.yaml"),
         startup_timeout=1800,  # on KubeRay: cluster creation and image pulls
         execution_timeout=timedelta(hours=3),
     )
+    evaluate = MLflowEvaluateOperator(
+        task_id="evaluate",
+        model_name=MODEL_NAME,
+        model_version="{{ ti.xcom_pull(task_ids='train')['version'] }}",
+        holdout_uri="{{ ti.xcom_pull(task_ids='holdout_split')['holdout_uri'] }}",
+        label_column="{{ params.label }}",
+    )
+    promote = MLflowPromoteModelOperator(
+        task_id="promote",
+        model_name=MODEL_NAME,
+        challenger="{{ ti.xcom_pull(task_ids='evaluate')['version'] }}",
+        thresholds={"roc_auc": 0.70},
+        secondary_metrics=["accuracy", "log_loss"],
+        max_regression=0.02,
+    )
+    train >> evaluate >> promote
 
 
 training_pipeline()

@@ -38,7 +38,7 @@ def synthetic_trips(rows: int = 3000, seed: int = 7) -> pd.DataFrame:
     return frame
 
 
-def test_training_pipeline_trains_on_ray_and_registers_a_challenger(
+def test_training_pipeline_trains_on_ray_evaluates_on_the_holdout_and_promotes(
     run_dag, ray_cluster, mlflow_server, tmp_path
 ):
     path = tmp_path / "training_set.parquet"
@@ -47,9 +47,20 @@ def test_training_pipeline_trains_on_ray_and_registers_a_challenger(
 
     result = run_dag("training_pipeline", conf={"training_set_uri": str(path)})
     assert result.state == "success", result.states
-    assert result.states == {"training_set": "success", "train": "success"}
-    summary = result.xcoms["training_set"]
-    assert summary["features"] == FEATURES and summary["rows"] == 3000 and summary["label"] == "completed"
+    assert result.states == {
+        "training_set": "success",
+        "holdout_split": "success",
+        "train": "success",
+        "evaluate": "success",
+        "promote": "success",
+    }
+    assert result.xcoms["training_set"]["rows"] == 3000
+    summary = result.xcoms["holdout_split"]
+    assert summary["features"] == FEATURES and summary["label"] == "completed"
+    assert (summary["rows"], summary["holdout_rows"]) == (2400, 600)
+    holdout = pd.read_parquet(summary["holdout_uri"])
+    trained_on = pd.read_parquet(summary["uri"])
+    assert holdout["event_timestamp"].min() >= trained_on["event_timestamp"].max()  # newest rows held out
 
     trained = result.xcoms["train"]
     assert set(trained) == {
@@ -63,7 +74,7 @@ def test_training_pipeline_trains_on_ray_and_registers_a_challenger(
     }
     assert trained["model_name"] == "trip_completion"
     assert trained["model_uri"] == f"models:/trip_completion/{trained['version']}"
-    assert trained["training_set"] == {"uri": str(path), "content_hash": summary["content_hash"]}
+    assert trained["training_set"] == {"uri": summary["uri"], "content_hash": summary["content_hash"]}
     assert trained["feature_service"] == "trip_completion_v1"
     assert {"roc_auc", "accuracy", "log_loss"} <= set(trained["metrics"])
     assert trained["metrics"]["roc_auc"] > 0.7  # the synthetic label has real signal
@@ -80,6 +91,26 @@ def test_training_pipeline_trains_on_ray_and_registers_a_challenger(
     assert run.data.params["model_family"] in ("logistic_regression", "hist_gradient_boosting")
     assert run.data.tags["mlplat.ray_job_id"].startswith("train-")
 
+    evaluated = result.xcoms["evaluate"]
+    assert evaluated["version"] == trained["version"] and evaluated["rows"] == 600
+    assert evaluated["metrics"]["roc_auc"] > 0.7
+    promoted = result.xcoms["promote"]
+    assert (promoted["decision"], promoted["champion_moved"]) == ("promoted", True)  # the first model
+    assert client.get_model_version_by_alias("trip_completion", "champion").version == trained["version"]
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:  # what schedules the deployment pipeline
+        events = session.scalars(
+            select(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(
+                AssetModel.uri == "mlflow://models/trip_completion", AssetEvent.source_run_id == result.run_id
+            )
+        ).all()
+        assert [e.extra["version"] for e in events] == [trained["version"]]
+
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pyfunc.load_model("models:/trip_completion@challenger")
     assert [c.name for c in model.metadata.get_input_schema().inputs] == FEATURES
@@ -90,4 +121,7 @@ def test_training_pipeline_trains_on_ray_and_registers_a_challenger(
 def test_training_pipeline_refuses_a_missing_training_set(run_dag, tmp_path):
     result = run_dag("training_pipeline", conf={"training_set_uri": str(tmp_path / "nope.parquet")})
     assert result.state == "failed"
-    assert result.states == {"training_set": "failed", "train": "upstream_failed"}
+    assert result.states["training_set"] == "failed"
+    assert {result.states[t] for t in ("holdout_split", "train", "evaluate", "promote")} == {
+        "upstream_failed"
+    }
