@@ -39,6 +39,8 @@ CONNECTION_TYPES: dict[str, dict[str, Any]] = {
             "offline_store": _text("Offline store override (JSON)"),
             "batch_engine": _text('Batch engine override (JSON, e.g. {"type": "ray.engine"})'),
             "registry": _text("Registry path or URI override"),
+            "data_dir": _text("Raw data folder the repo's file sources read (default: <repo>/data)"),
+            "ray_conn_id": _text("Ray connection whose token the Ray batch engine uses"),
         },
         "behaviour": {"hidden-fields": ["host", "schema", "login", "password", "port", "extra"]},
     },
@@ -69,10 +71,10 @@ CONNECTION_TYPES: dict[str, dict[str, Any]] = {
 
 #: Modules per kind, listed for Airflow's provider manager (relative to the package).
 _MODULES: dict[str, list[str]] = {
-    "hooks": ["hooks.mlflow", "hooks.feast", "hooks.ray", "hooks.kserve"],
-    "operators": [],
-    "sensors": [],
-    "triggers": [],
+    "hooks": ["hooks.mlflow", "hooks.feast", "hooks.gx", "hooks.ray", "hooks.kserve"],
+    "operators": ["operators.feast", "operators.gx"],
+    "sensors": ["sensors.feast"],
+    "triggers": ["triggers.feast"],
 }
 _EXTRA_LINKS: list[str] = []
 

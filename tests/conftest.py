@@ -20,7 +20,9 @@ CRD_DIR = REPO.parent / "shared" / "k8s-crds"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 # An isolated Airflow for the whole test session, configured before anything imports airflow.
-_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="mlplat-airflow-"))
+# Test modules also import this file as `tests.conftest`: the second import must reuse the home.
+_AIRFLOW_HOME = Path(os.environ.get("MLPLAT_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="mlplat-airflow-"))
+os.environ["MLPLAT_TEST_AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
 os.environ.update(
     {
         "AIRFLOW_HOME": str(_AIRFLOW_HOME),
