@@ -93,7 +93,7 @@ def read_dataframe(uri: str) -> Any:
 
 def write_parquet(path: ObjectStoragePath, frame: Any) -> tuple[str, str]:
     """
-    Write a DataFrame as parquet to artifact storage; return its URI and ``sha256:<hex>`` of its bytes.
+    Write a DataFrame as parquet to artifact storage; return its URI and the SHA-256 (hex) of its bytes.
 
     :param path: target file.
     :param frame: pandas DataFrame.
@@ -105,4 +105,4 @@ def write_parquet(path: ObjectStoragePath, frame: Any) -> tuple[str, str]:
     frame.to_parquet(buffer, index=False)
     data = buffer.getvalue()
     path.write_bytes(data)
-    return str(path), "sha256:" + hashlib.sha256(data).hexdigest()
+    return str(path), hashlib.sha256(data).hexdigest()

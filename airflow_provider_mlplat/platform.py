@@ -286,6 +286,16 @@ class Platform:
                 "host": f"http://127.0.0.1:{s.ray_dashboard_port}",
                 "password": self.secrets()["ray_auth_token"],
             }
+        # Feast needs no service: the reference repo, its raw data, registry and SQLite online store
+        conns["feast_default"] = {
+            "conn_type": "feast",
+            "extra": {
+                "repo_path": str(REPO_ROOT / "include" / "feature_repo"),
+                "data_dir": str(self.home / "data"),
+                "registry": str(self.home / "feast" / "registry.db"),
+                "online_store": {"type": "sqlite", "path": str(self.home / "feast" / "online.db")},
+            },
+        }
         return conns
 
     # -- supervisord --------------------------------------------------------------------------

@@ -175,9 +175,10 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
     """
     Build a point-in-time correct training set for a feature service and write it as parquet to
     artifact storage: the entity rows' columns (join keys, ``event_timestamp``, request data), the
-    service's features under their plain names, and the label; one row per entity row (features
-    with no value at the row's event time are NaN). Returns ``{"uri", "rows", "features", "label",
-    "content_hash", "feature_service", "rows_missing_features"}``; the data never goes to XCom.
+    service's features under their plain names, and the label. Entity rows lacking a feature value
+    at their event time (none within the view's TTL) are dropped and counted, or kept with NaN.
+    Returns ``{"uri", "rows", "features", "label", "content_hash" (SHA-256 of the file),
+    "feature_service", "rows_missing_features"}``; the data never goes to XCom.
 
     :param feature_service: feature service name (templated).
     :param entity_source: the labelled entity rows (templated): a parquet file or folder or a CSV
@@ -186,6 +187,7 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
     :param start: keep entity rows at or after this time (templated; optional).
     :param end: keep entity rows before this time (templated; optional).
     :param entity_conn_id: Airflow connection of the database ``entity_source`` queries.
+    :param drop_incomplete_rows: drop entity rows lacking a feature value (else keep them with NaN).
     :param feast_conn_id: Airflow connection id of type ``feast``.
     """
 
@@ -202,6 +204,7 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
         start: Any = None,
         end: Any = None,
         entity_conn_id: str | None = None,
+        drop_incomplete_rows: bool = True,
         feast_conn_id: str = FeastHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
@@ -212,6 +215,7 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
         self.start = start
         self.end = end
         self.entity_conn_id = entity_conn_id
+        self.drop_incomplete_rows = drop_incomplete_rows
         self.feast_conn_id = feast_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -231,10 +235,21 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
             [c for c in entities.columns if c != self.label_column] + features + [self.label_column]
         ]
         frame = frame.sort_values(["event_timestamp", *keys], kind="stable").reset_index(drop=True)
-        incomplete = int(frame[features].isna().any(axis=1).sum())
-        if incomplete:
+        incomplete = frame[features].isna().any(axis=1)
+        if incomplete.any():
+            action = "dropped" if self.drop_incomplete_rows else "kept with NaN"
             self.log.warning(
-                "%d of %d row(s) lack some feature value at their event time", incomplete, len(frame)
+                "%d of %d row(s) lack a feature value at their event time: %s",
+                incomplete.sum(),
+                len(frame),
+                action,
+            )
+            if self.drop_incomplete_rows:
+                frame = frame[~incomplete].reset_index(drop=True)
+        if frame.empty:
+            raise MLPlatValidationFailed(
+                f"none of the {len(incomplete)} entity row(s) has every feature of {service.name!r} at its "
+                "event time: is the feature data materialized for that period?"
             )
         path = task_artifact_dir(context) / "training_set.parquet"
         uri, content_hash = write_parquet(path, frame)
@@ -248,7 +263,7 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
             "label": self.label_column,
             "content_hash": content_hash,
             "feature_service": service.name,
-            "rows_missing_features": incomplete,
+            "rows_missing_features": int(incomplete.sum()),
         }
 
     def _entity_rows(self, hook: FeastHook, service: Any) -> tuple[pd.DataFrame, list[str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -45,13 +46,9 @@ def test_training_set_is_point_in_time_correct_and_referenced_not_returned(tmp_p
     assert summary["rows"] == len(trips) == len(frame)
     assert summary["features"] == FEATURES
     assert summary["label"] == "completed" and summary["feature_service"] == "trip_completion_v1"
-    assert (
-        summary["content_hash"]
-        == "sha256:"
-        + hashlib.sha256(
-            (rides.tmp / "x").parent.joinpath(summary["uri"].removeprefix("file://")).read_bytes()
-        ).hexdigest()
-    )
+    uri = summary["uri"].removeprefix("file://")
+    assert summary["content_hash"] == hashlib.sha256(Path(uri).read_bytes()).hexdigest()
+    assert summary["rows_missing_features"] == 0
     assert list(frame.columns) == ["driver_id", "event_timestamp", "trip_distance_km", *FEATURES, "completed"]
     assert set(summary) == {
         "uri",
@@ -77,24 +74,29 @@ def test_training_set_is_point_in_time_correct_and_referenced_not_returned(tmp_p
     pd.testing.assert_series_equal(frame.expected_trip_minutes, minutes, check_names=False)
 
 
-def test_rows_without_features_at_their_time_are_kept(tmp_path):
+def test_rows_lacking_features_at_their_time_are_dropped_or_kept(tmp_path):
     rides = rides_repo(tmp_path)
-    summary, frame = training_set(entity_source=str(rides.data / "trips"))  # from the first hour of data on
-    assert summary["rows"] == len(pd.read_parquet(rides.data / "trips"))
-    missing = frame[frame.conv_rate.isna()]
-    assert summary["rows_missing_features"] >= len(missing) > 0
-    assert (missing.event_timestamp < T0 + HOUR).all()  # only trips before their driver's first stats row
+    trips = pd.read_parquet(rides.data / "trips")  # from the first hour of data on
+    summary, frame = training_set(entity_source=str(rides.data / "trips"))
+    assert summary["rows_missing_features"] > 0
+    assert summary["rows"] == len(frame) == len(trips) - summary["rows_missing_features"]
+    assert not frame[FEATURES].isna().any().any()
+    summary, frame = training_set(entity_source=str(rides.data / "trips"), drop_incomplete_rows=False)
+    assert summary["rows"] == len(trips)
+    missing = frame[frame[FEATURES].isna().any(axis=1)]
+    assert len(missing) == summary["rows_missing_features"]
+    assert (missing.event_timestamp < T0 + HOUR).all()  # only trips before their driver's first rows
 
 
 def test_csv_entity_rows(tmp_path):
     rides = rides_repo(tmp_path)
     trips = pd.read_parquet(rides.data / "trips")
     trips.to_csv(tmp_path / "trips.csv", index=False)
-    summary, frame = training_set(entity_source=str(tmp_path / "trips.csv"))
-    assert summary["rows"] == len(trips)
-    assert str(frame.event_timestamp.dtype) == "datetime64[ns, UTC]" or "UTC" in str(
-        frame.event_timestamp.dtype
-    )
+    from_csv, frame = training_set(entity_source=str(tmp_path / "trips.csv"), drop_incomplete_rows=False)
+    assert from_csv["rows"] == len(trips)
+    assert str(frame.event_timestamp.dt.tz) == "UTC"
+    _, expected = training_set(entity_source=str(rides.data / "trips"), drop_incomplete_rows=False)
+    pd.testing.assert_frame_equal(frame, expected, check_dtype=False)
 
 
 def test_sql_entity_rows(tmp_path, postgres_url):

@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from include import datagen
+from tests.conftest import set_connection
 from tests.feast_support import DRIVERS, HOUR, T0, feast_connection, online_rows, task_context  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -29,11 +30,15 @@ def asset_events(run_id: str) -> dict[str, dict]:
 
 @pytest.mark.parametrize("online", ["sqlite", "redis"])
 def test_feature_pipeline_lands_validates_materializes_and_emits_assets(run_dag, tmp_path, online, request):
-    store = None
+    from airflow_provider_mlplat.platform import Platform, Settings
+
+    conn = Platform(Settings(home=tmp_path, services=())).connections()[
+        "feast_default"
+    ]  # what `mlplat up` writes
     if online == "redis":
         db = request.getfixturevalue("redis_url").rsplit("/", 1)[1]
-        store = {"type": "redis", "connection_string": f"127.0.0.1:6379,db={db}"}
-    feast_connection("feast_default", tmp_path, online_store=store)
+        conn["extra"]["online_store"] = {"type": "redis", "connection_string": f"127.0.0.1:6379,db={db}"}
+    set_connection("feast_default", **conn)
     result = run_dag("feature_pipeline", conf={"drivers": DRIVERS}, logical_date=LOGICAL_DATE)
     assert result.state == "success", result.states
     assert result.states == {
