@@ -39,6 +39,8 @@ CONNECTION_TYPES: dict[str, dict[str, Any]] = {
             "offline_store": _text("Offline store override (JSON)"),
             "batch_engine": _text('Batch engine override (JSON, e.g. {"type": "ray.engine"})'),
             "registry": _text("Registry path or URI override"),
+            "data_dir": _text("Raw data folder the repo's file sources read (default: <repo>/data)"),
+            "ray_conn_id": _text("Ray connection whose token the Ray batch engine uses"),
         },
         "behaviour": {"hidden-fields": ["host", "schema", "login", "password", "port", "extra"]},
     },
@@ -96,14 +98,15 @@ _MODULES: dict[str, list[str]] = {
     "hooks": [
         "hooks.mlflow",
         "hooks.feast",
+        "hooks.gx",
         "hooks.ray",
         "hooks.kuberay",
         "hooks.kserve",
         "hooks.prometheus",
     ],
-    "operators": ["operators.mlflow", "operators.ray", "operators.kserve"],
-    "sensors": ["sensors.mlflow"],
-    "triggers": ["triggers.mlflow", "triggers.ray", "triggers.kserve"],
+    "operators": ["operators.feast", "operators.gx", "operators.mlflow", "operators.ray", "operators.kserve"],
+    "sensors": ["sensors.feast", "sensors.mlflow"],
+    "triggers": ["triggers.feast", "triggers.mlflow", "triggers.ray", "triggers.kserve"],
 }
 _EXTRA_LINKS: list[str] = [
     "links.mlflow.MLflowRunLink",

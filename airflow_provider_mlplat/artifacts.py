@@ -64,3 +64,45 @@ def read_json(uri: str) -> Any:
     from airflow.sdk import ObjectStoragePath
 
     return json.loads(ObjectStoragePath(uri).read_text())
+
+
+def _storage_path(uri: str) -> ObjectStoragePath:
+    import os
+
+    from airflow.sdk import ObjectStoragePath
+
+    return ObjectStoragePath(uri if "://" in uri else f"file://{os.path.abspath(uri)}")
+
+
+def read_dataframe(uri: str) -> Any:
+    """
+    Read a parquet file or folder of parquet files, or a CSV file, into a pandas DataFrame.
+
+    :param uri: file URI, object storage URI or local path (``.csv`` is read as CSV).
+    """
+    import pyarrow.dataset as ds
+
+    from airflow_provider_mlplat.exceptions import MLPlatConfigError
+
+    path = _storage_path(uri)
+    if not path.exists():
+        raise MLPlatConfigError(f"no data at {uri!r}: expected a parquet file or folder, or a .csv file")
+    fmt = "csv" if path.suffix.lower() == ".csv" else "parquet"
+    return ds.dataset(path.path, filesystem=path.fs, format=fmt).to_table().to_pandas()
+
+
+def write_parquet(path: ObjectStoragePath, frame: Any) -> tuple[str, str]:
+    """
+    Write a DataFrame as parquet to artifact storage; return its URI and the SHA-256 (hex) of its bytes.
+
+    :param path: target file.
+    :param frame: pandas DataFrame.
+    """
+    import hashlib
+    import io
+
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    data = buffer.getvalue()
+    path.write_bytes(data)
+    return str(path), hashlib.sha256(data).hexdigest()

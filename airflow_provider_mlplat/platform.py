@@ -349,6 +349,16 @@ class Platform:
                 "conn_type": "prometheus",
                 "host": f"http://127.0.0.1:{s.prometheus_port}",
             }
+        # Feast needs no service: the reference repo, its raw data, registry and SQLite online store
+        conns["feast_default"] = {
+            "conn_type": "feast",
+            "extra": {
+                "repo_path": str(REPO_ROOT / "include" / "feature_repo"),
+                "data_dir": str(self.home / "data"),
+                "registry": str(self.home / "feast" / "registry.db"),
+                "online_store": {"type": "sqlite", "path": str(self.home / "feast" / "online.db")},
+            },
+        }
         return conns
 
     # -- supervisord --------------------------------------------------------------------------
