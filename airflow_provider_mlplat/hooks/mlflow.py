@@ -91,11 +91,19 @@ class MLflowHook(MLPlatHook):
         Point MLflow's fluent API (``mlflow.start_run``, ``mlflow.evaluate``, model loading) at this
         connection for one block, credentials included; the previous settings come back afterwards.
         """
+        import mlflow.tracking.fluent as fluent_state
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-        registry = scoped_env({"MLFLOW_REGISTRY_URI": self.registry_uri})
-        with self.credentials(), registry, _use_tracking_uri(self.tracking_uri):
-            yield
+        registry = scoped_env({"MLFLOW_REGISTRY_URI": self.registry_uri, "MLFLOW_EXPERIMENT_ID": None})
+        # an experiment set earlier in this process (mlflow.set_experiment) belongs to another server
+        # and would make start_run(run_id=...) refuse a run of this one
+        active_experiment = fluent_state._active_experiment_id
+        fluent_state._active_experiment_id = None
+        try:
+            with self.credentials(), registry, _use_tracking_uri(self.tracking_uri):
+                yield
+        finally:
+            fluent_state._active_experiment_id = active_experiment
 
     def _host_creds(self, uri: str) -> MlflowHostCreds:
         from mlflow.utils.rest_utils import MlflowHostCreds

@@ -179,3 +179,19 @@ def test_kserve_hook_on_kubernetes_lists_inference_services(k8s):
     assert ok, message
     assert message == "KServe on Kubernetes: 0 InferenceService(s) in 'ml'"
     assert k8s.count("GET", "inferenceservices") == 1  # asked the (emulated) API server
+
+
+def test_mlflow_fluent_block_ignores_and_restores_an_experiment_set_elsewhere():
+    import mlflow.tracking.fluent as fluent_state
+
+    set_connection("mlflow_fluent", conn_type="mlflow", host="http://127.0.0.1:1")
+    fluent_state._active_experiment_id = "42"  # as mlflow.set_experiment() leaves it
+    try:
+        with MLflowHook("mlflow_fluent").fluent():
+            assert fluent_state._active_experiment_id is None
+            import mlflow
+
+            assert mlflow.get_tracking_uri() == "http://127.0.0.1:1"
+        assert fluent_state._active_experiment_id == "42"
+    finally:
+        fluent_state._active_experiment_id = None
