@@ -13,7 +13,8 @@ head of `mlplat up`) or, with a `kubernetes_conn_id` extra, a KubeRay `RayJob` w
 `include/kuberay/raycluster.yaml`. Trigger it by hand with the `training_set_uri` param (a parquet
 file with `driver_id`, `event_timestamp`, the features and `completed`).
 
-The newest `holdout_share` of the rows (by `event_timestamp`) never reaches training: the new version
+The training set must pass the Great Expectations suite `include/gx/training_set.json` before
+anything is trained; its verdict is also evidence for the promotion gate. The newest `holdout_share` of the rows (by `event_timestamp`) never reaches training: the new version
 is evaluated on them with MLflow, and the promotion gate makes it `champion` only if it clears the
 thresholds and beats the current champion; a champion move emits `mlflow://models/trip_completion`,
 which schedules the deployment pipeline.
@@ -27,6 +28,7 @@ from pathlib import Path
 from airflow.sdk import AssetAny, Param, dag, task
 
 from airflow_provider_mlplat.assets import feast_feature_view_asset
+from airflow_provider_mlplat.operators.gx import GXValidateOperator
 from airflow_provider_mlplat.operators.mlflow import MLflowEvaluateOperator, MLflowPromoteModelOperator
 from airflow_provider_mlplat.operators.ray import RayJobOperator
 
@@ -122,7 +124,15 @@ def training_pipeline():
             "source_uri": uri,
         }
 
-    split = holdout_split(training_set())
+    summary = training_set()
+    validate = GXValidateOperator(
+        task_id="validate_training_set",
+        data_path="{{ ti.xcom_pull(task_ids='training_set')['uri'] }}",
+        suite_path=str(INCLUDE / "gx" / "training_set.json"),
+        retries=0,  # a failed quality gate does not fix itself
+    )
+    split = holdout_split(summary)
+    summary >> validate >> split
     train = RayJobOperator(
         task_id="train",
         entrypoint=f"python train.py --model-name {MODEL_NAME} --experiment {MODEL_NAME}",
@@ -147,6 +157,7 @@ def training_pipeline():
         thresholds={"roc_auc": 0.70},
         secondary_metrics=["accuracy", "log_loss"],
         max_regression=0.02,
+        evidence={"training_set": validate.output},
     )
     train >> evaluate >> promote
 

@@ -8,7 +8,19 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-FEATURES = ["trip_distance_km", "conv_rate", "acc_rate", "avg_daily_trips", "cancel_rate_7d", "rating"]
+# the feature repo's training set (feature service trip_completion_v1), in its column order
+FEATURES = [
+    "trip_distance_km",
+    "conv_rate",
+    "acc_rate",
+    "avg_daily_trips",
+    "avg_speed_kmh",
+    "cancel_rate",
+    "rating",
+    "tenure_days",
+    "expected_trip_minutes",
+    "is_long_trip",
+]
 
 
 def synthetic_trips(rows: int = 3000, seed: int = 7) -> pd.DataFrame:
@@ -23,14 +35,18 @@ def synthetic_trips(rows: int = 3000, seed: int = 7) -> pd.DataFrame:
             "conv_rate": rng.uniform(0, 1, rows),
             "acc_rate": rng.uniform(0.5, 1, rows),
             "avg_daily_trips": rng.integers(0, 40, rows).astype("int64"),
-            "cancel_rate_7d": rng.beta(2, 10, rows),
+            "avg_speed_kmh": rng.normal(32, 6, rows),
+            "cancel_rate": rng.beta(2, 10, rows),
             "rating": rng.normal(4.6, 0.2, rows),
+            "tenure_days": rng.integers(1, 2000, rows).astype("int64"),
         }
     )
+    frame["expected_trip_minutes"] = frame.trip_distance_km / frame.avg_speed_kmh * 60
+    frame["is_long_trip"] = (frame.trip_distance_km > 10).astype("int64")
     logit = (
         2.5 * frame.conv_rate
         + 2.0 * (frame.acc_rate - 0.75)
-        - 6 * frame.cancel_rate_7d
+        - 6 * frame.cancel_rate
         - 0.08 * frame.trip_distance_km
         + 0.8
     )
@@ -49,12 +65,15 @@ def test_training_pipeline_trains_on_ray_evaluates_on_the_holdout_and_promotes(
     assert result.state == "success", result.states
     assert result.states == {
         "training_set": "success",
+        "validate_training_set": "success",
         "holdout_split": "success",
         "train": "success",
         "evaluate": "success",
         "promote": "success",
     }
     assert result.xcoms["training_set"]["rows"] == 3000
+    validation = result.xcoms["validate_training_set"]
+    assert validation["success"] is True and validation["failed"] == []
     summary = result.xcoms["holdout_split"]
     assert summary["features"] == FEATURES and summary["label"] == "completed"
     assert (summary["rows"], summary["holdout_rows"]) == (2400, 600)
@@ -122,6 +141,17 @@ def test_training_pipeline_refuses_a_missing_training_set(run_dag, tmp_path):
     result = run_dag("training_pipeline", conf={"training_set_uri": str(tmp_path / "nope.parquet")})
     assert result.state == "failed"
     assert result.states["training_set"] == "failed"
-    assert {result.states[t] for t in ("holdout_split", "train", "evaluate", "promote")} == {
-        "upstream_failed"
-    }
+    downstream = ("validate_training_set", "holdout_split", "train", "evaluate", "promote")
+    assert {result.states[t] for t in downstream} == {"upstream_failed"}
+
+
+def test_training_pipeline_stops_at_the_gx_gate_before_training(run_dag, tmp_path):
+    path = tmp_path / "training_set.parquet"
+    trips = synthetic_trips(rows=500)
+    trips["conv_rate"] = trips["conv_rate"] * 5  # rates far outside [0, 1]
+    trips.to_parquet(path)
+    result = run_dag("training_pipeline", conf={"training_set_uri": str(path)})
+    assert result.state == "failed"
+    assert result.states["training_set"] == "success"
+    assert result.states["validate_training_set"] == "failed"
+    assert result.states["train"] == "upstream_failed"  # nothing reached Ray or MLflow
