@@ -1,23 +1,26 @@
 """
 ### Training pipeline
 
-Retrains the trip-completion model when its features change (it runs on the Feast feature view
-Assets, e.g. `feast://rides/driver_hourly_stats`): the training set, then a Ray job
-(`include/training/train.py`) that cross-validates candidate models in parallel on Ray, logs the
-best to MLflow, registers a new version of `trip_completion` and aliases it `challenger`. The
-`train` task returns the job's result (run id, model URI, version, metrics, training set, feature
-service) for the promotion step.
+Retrains the trip-completion model when its features change (the Feast feature view Assets, e.g.
+`feast://rides/driver_hourly_stats`) or when the monitoring pipeline detects drift in its served
+traffic (`drift://models/trip_completion`).
 
-Where the job runs is the `ray_default` connection's business: a Ray dashboard address (the local
-head of `mlplat up`) or, with a `kubernetes_conn_id` extra, a KubeRay `RayJob` whose cluster is
-`include/kuberay/raycluster.yaml`. Trigger it by hand with the `training_set_uri` param (a parquet
-file with `driver_id`, `event_timestamp`, the features and `completed`).
-
-The training set must pass the Great Expectations suite `include/gx/training_set.json` before
-anything is trained; its verdict is also evidence for the promotion gate. The newest `holdout_share` of the rows (by `event_timestamp`) never reaches training: the new version
-is evaluated on them with MLflow, and the promotion gate makes it `champion` only if it clears the
-thresholds and beats the current champion; a champion move emits `mlflow://models/trip_completion`,
-which schedules the deployment pipeline.
+1. `training_set`: Feast builds a point-in-time correct training set for the feature service from
+   the labelled trips of the last `lookback_hours` (the `trips` folder of the `feast_default`
+   connection's raw data, or `entity_source`), written as parquet to artifact storage.
+2. `validate_training_set`: the Great Expectations suite `include/gx/training_set.json` must pass
+   before anything is trained; its verdict is also evidence for the promotion gate.
+3. `holdout_split`: the newest `holdout_share` of the rows (by `event_timestamp`) never reach training.
+4. `train`: a Ray job (`include/training/train.py`) cross-validates candidate models in parallel,
+   logs the best to MLflow, registers a new version of `trip_completion` aliased `challenger`.
+   Where it runs is the `ray_default` connection's business: a Ray dashboard address (the local
+   head of `mlplat up`) or, with a `kubernetes_conn_id` extra, a KubeRay `RayJob` whose cluster is
+   `include/kuberay/raycluster.yaml`.
+5. `evaluate` / `evaluate_champion`: the challenger and the current champion are evaluated with
+   MLflow on the same holdout, so the gate compares them on the same, newest data.
+6. `promote`: the challenger becomes `champion` only if it clears the thresholds and beats the
+   champion; a champion move emits `mlflow://models/trip_completion`, which schedules the
+   deployment pipeline.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from pathlib import Path
 
 from airflow.sdk import AssetAny, Param, dag, task
 
-from airflow_provider_mlplat.assets import feast_feature_view_asset
+from airflow_provider_mlplat.assets import drift_asset, feast_feature_view_asset
+from airflow_provider_mlplat.operators.feast import FeastHistoricalFeaturesOperator
 from airflow_provider_mlplat.operators.gx import GXValidateOperator
 from airflow_provider_mlplat.operators.mlflow import MLflowEvaluateOperator, MLflowPromoteModelOperator
 from airflow_provider_mlplat.operators.ray import RayJobOperator
@@ -35,17 +39,26 @@ from airflow_provider_mlplat.operators.ray import RayJobOperator
 INCLUDE = Path(__file__).resolve().parents[1] / "include"
 MODEL_NAME = "trip_completion"
 FEATURE_VIEWS = ("driver_hourly_stats",)
+#: what the model is trained on: every numeric column of the training set but these
+NOT_FEATURES = ("driver_id", "event_timestamp")
 
 
 @dag(
-    schedule=AssetAny(*(feast_feature_view_asset("rides", view) for view in FEATURE_VIEWS)),
+    schedule=AssetAny(
+        *(feast_feature_view_asset("rides", view) for view in FEATURE_VIEWS), drift_asset(MODEL_NAME)
+    ),
     catchup=False,
     tags=["mlplat", "training"],
     default_args={"owner": "mlplat", "retries": 1, "retry_delay": timedelta(minutes=1)},
     doc_md=__doc__,
     params={
-        "training_set_uri": Param(
-            "", type="string", description="parquet training set (path or URI) to train on"
+        "lookback_hours": Param(
+            72, type="integer", minimum=1, description="labelled trips of the last N hours"
+        ),
+        "entity_source": Param(
+            "",
+            type="string",
+            description="labelled trips (parquet/CSV path or URI; default: the feast connection's raw trips)",
         ),
         "feature_service": Param("trip_completion_v1", type="string", description="Feast feature service"),
         "label": Param("completed", type="string", description="label column"),
@@ -55,43 +68,15 @@ FEATURE_VIEWS = ("driver_hourly_stats",)
     },
 )
 def training_pipeline():
-    @task(retries=0)  # a missing or malformed training set does not fix itself
-    def training_set(params=None) -> dict:
-        """Describe the training set named by the params: the summary the Ray job trains from."""
-        import hashlib
-
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-        from airflow.sdk import ObjectStoragePath
-
-        from airflow_provider_mlplat.exceptions import MLPlatConfigError
-
-        uri, label = params["training_set_uri"], params["label"]
-        path = ObjectStoragePath(uri if "://" in uri else f"file://{Path(uri).resolve()}")
-        if not uri or not path.is_file():
-            raise MLPlatConfigError(
-                f"training_set_uri={uri!r} is not a file: give a parquet training set "
-                f"(driver_id, event_timestamp, features, {label})"
-            )
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-            handle.seek(0)
-            parquet = pq.ParquetFile(handle)
-            schema, rows = parquet.schema_arrow, parquet.metadata.num_rows
-        missing = sorted({"driver_id", "event_timestamp", label} - set(schema.names))
-        if missing or not rows:
-            raise MLPlatConfigError(f"training set {uri}: {rows} rows, missing column(s) {missing}")
-        numeric = [f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
-        return {
-            "uri": uri,
-            "rows": rows,
-            "features": [name for name in numeric if name not in ("driver_id", label)],
-            "label": label,
-            "content_hash": digest.hexdigest(),
-            "feature_service": params["feature_service"],
-        }
+    training_set = FeastHistoricalFeaturesOperator(
+        task_id="training_set",
+        retries=0,  # missing trips or features do not fix themselves
+        feature_service="{{ params.feature_service }}",
+        entity_source="{{ params.entity_source or conn.feast_default.extra_dejson.data_dir ~ '/trips' }}",
+        label_column="{{ params.label }}",
+        start="{{ (dag_run.run_after - macros.timedelta(hours=params.lookback_hours)).isoformat() }}",
+        end="{{ dag_run.run_after.isoformat() }}",
+    )
 
     @task
     def holdout_split(summary: dict, params=None, **context) -> dict:
@@ -103,9 +88,11 @@ def training_pipeline():
 
         from airflow_provider_mlplat.artifacts import task_artifact_dir
 
-        uri = summary["uri"]
+        uri, label = summary["uri"], summary["label"]
         with ObjectStoragePath(uri if "://" in uri else f"file://{Path(uri).resolve()}").open("rb") as handle:
             frame = pd.read_parquet(handle).sort_values("event_timestamp", kind="stable")
+        numeric = frame.select_dtypes("number").columns
+        features = [c for c in numeric if c not in (*NOT_FEATURES, label)]  # request data included
         cut = len(frame) - max(1, int(len(frame) * float(params["holdout_share"])))
         folder = task_artifact_dir(context)
         parts = {"train": frame.iloc[:cut], "holdout": frame.iloc[cut:]}
@@ -116,6 +103,7 @@ def training_pipeline():
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
         return {
             **summary,
+            "features": features,
             "uri": str(folder / "train.parquet"),
             "rows": len(parts["train"]),
             "content_hash": digest,
@@ -124,15 +112,14 @@ def training_pipeline():
             "source_uri": uri,
         }
 
-    summary = training_set()
     validate = GXValidateOperator(
         task_id="validate_training_set",
         data_path="{{ ti.xcom_pull(task_ids='training_set')['uri'] }}",
         suite_path=str(INCLUDE / "gx" / "training_set.json"),
         retries=0,  # a failed quality gate does not fix itself
     )
-    split = holdout_split(summary)
-    summary >> validate >> split
+    split = holdout_split(training_set.output)
+    training_set >> validate >> split
     train = RayJobOperator(
         task_id="train",
         entrypoint=f"python train.py --model-name {MODEL_NAME} --experiment {MODEL_NAME}",
@@ -150,6 +137,14 @@ def training_pipeline():
         holdout_uri="{{ ti.xcom_pull(task_ids='holdout_split')['holdout_uri'] }}",
         label_column="{{ params.label }}",
     )
+    evaluate_champion = MLflowEvaluateOperator(
+        task_id="evaluate_champion",
+        model_name=MODEL_NAME,
+        model_version="champion",
+        holdout_uri="{{ ti.xcom_pull(task_ids='holdout_split')['holdout_uri'] }}",
+        label_column="{{ params.label }}",
+        skip_when_missing=True,  # the first model has no champion to compare with
+    )
     promote = MLflowPromoteModelOperator(
         task_id="promote",
         model_name=MODEL_NAME,
@@ -158,8 +153,9 @@ def training_pipeline():
         secondary_metrics=["accuracy", "log_loss"],
         max_regression=0.02,
         evidence={"training_set": validate.output},
+        trigger_rule="none_failed",  # evaluate_champion is skipped while there is no champion
     )
-    train >> evaluate >> promote
+    train >> [evaluate, evaluate_champion] >> promote
 
 
 training_pipeline()

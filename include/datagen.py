@@ -54,7 +54,8 @@ class Shift:
     """
     A distribution shift applied from a point in time on (for drift tests).
 
-    :param magnitude: 0 = none, 1 = strong (slower traffic, more cancellations, longer trips).
+    :param magnitude: 0 = none, 1 = strong (slower traffic, more cancellations, longer trips, and
+        long trips are completed less often: the label's relation to distance changes too).
     :param start: first hour that is shifted (UTC).
     """
 
@@ -141,10 +142,10 @@ def generate_hour(
     distance = rng.lognormal(1.8, 0.6, n_trips) * (1 + 0.5 * magnitude)
     logit = (
         0.9
-        + 4.0 * (stats["conv_rate"][who] - 0.5)
-        - 5.0 * (stats["cancel_rate"][who] - 0.12)
-        + 1.5 * (rating[who] - 4.6)
-        - 0.05 * (distance - 6)
+        + 8.0 * (stats["conv_rate"][who] - 0.5)
+        - 10.0 * (stats["cancel_rate"][who] - 0.12)
+        + 3.0 * (rating[who] - 4.6)
+        - (0.15 + 0.3 * magnitude) * (distance - 6)
         + 0.02 * (stats["avg_speed_kmh"][who] - 30)
     )
     trips = {

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ class DagRunResult:
 
     state: str
     run_id: str
+    run_after: datetime | None = None
     states: dict[str, str] = field(default_factory=dict)
     xcoms: dict[str, Any] = field(default_factory=dict)
 
@@ -110,7 +112,13 @@ def run_dag(airflow_db):
                 )
             ).all()
             xcoms = {key(row): XComModel.deserialize_value(row) for row in rows}
-        return DagRunResult(state=str(dag_run.state), run_id=dag_run.run_id, states=states, xcoms=xcoms)
+        return DagRunResult(
+            state=str(dag_run.state),
+            run_id=dag_run.run_id,
+            run_after=dag_run.run_after,
+            states=states,
+            xcoms=xcoms,
+        )
 
     return run
 

@@ -183,7 +183,7 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
     :param feature_service: feature service name (templated).
     :param entity_source: the labelled entity rows (templated): a parquet file or folder or a CSV
         file (path or URI), or a SQL query when ``entity_conn_id`` is set.
-    :param label_column: label column of the entity rows.
+    :param label_column: label column of the entity rows (templated).
     :param start: keep entity rows at or after this time (templated; optional).
     :param end: keep entity rows before this time (templated; optional).
     :param entity_conn_id: Airflow connection of the database ``entity_source`` queries.
@@ -191,7 +191,7 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
     :param feast_conn_id: Airflow connection id of type ``feast``.
     """
 
-    template_fields: Sequence[str] = ("feature_service", "entity_source", "start", "end")
+    template_fields: Sequence[str] = ("feature_service", "entity_source", "label_column", "start", "end")
     template_ext: Sequence[str] = (".sql",)
     ui_color = "#e8f4fd"
 

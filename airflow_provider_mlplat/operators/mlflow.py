@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import AssetAlias, BaseOperator
+from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_provider_mlplat.assets import mlflow_model_asset
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, MLPlatValidationFailed
@@ -57,6 +58,8 @@ class MLflowEvaluateOperator(BaseOperator):
     :param rename_metrics: metric names to also log under another name (MLflow's ``accuracy_score``
         is ``accuracy`` in this platform).
     :param evaluator_config: extra ``evaluator_config`` for MLflow's default evaluator.
+    :param skip_when_missing: skip (not fail) when ``model_version`` names an alias that is not set,
+        e.g. evaluating the champion on the challenger's holdout before there is a champion.
     :param mlflow_conn_id: Airflow connection of type ``mlflow``.
     """
 
@@ -84,6 +87,7 @@ class MLflowEvaluateOperator(BaseOperator):
         log_to: str = "evaluation_run",
         rename_metrics: Mapping[str, str] | None = None,
         evaluator_config: Mapping[str, Any] | None = None,
+        skip_when_missing: bool = False,
         mlflow_conn_id: str = MLflowHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
@@ -98,6 +102,7 @@ class MLflowEvaluateOperator(BaseOperator):
         self.log_to = log_to
         self.rename_metrics = {"accuracy_score": "accuracy"} if rename_metrics is None else rename_metrics
         self.evaluator_config = evaluator_config
+        self.skip_when_missing = skip_when_missing
         self.mlflow_conn_id = mlflow_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -106,7 +111,12 @@ class MLflowEvaluateOperator(BaseOperator):
         if self.model_type not in MODEL_TYPES:
             raise MLPlatConfigError(f"model_type={self.model_type!r} is not one of {MODEL_TYPES}")
         hook = MLflowHook(self.mlflow_conn_id)
-        version = hook.model_version(self.model_name, self.model_version)
+        ref = str(self.model_version)
+        if self.skip_when_missing and not ref.isdigit() and hook.alias_target(self.model_name, ref) is None:
+            raise AirflowSkipException(
+                f"alias {ref!r} is not set on {self.model_name!r}: nothing to evaluate"
+            )
+        version = hook.model_version(self.model_name, ref)
         if self.log_to == "model_run" and not version.run_id:
             raise MLPlatConfigError(
                 f"{self.model_name} version {version.version} has no run to log to: use log_to='evaluation_run'"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,45 +25,25 @@ FEATURES = [
 ]
 
 
-def synthetic_trips(rows: int = 3000, seed: int = 7) -> pd.DataFrame:
-    """Labelled trips as the Feast training-set step writes them: ids, UTC timestamps, features, label."""
-    rng = np.random.default_rng(seed)
-    start = pd.Timestamp("2026-01-01", tz="UTC")
-    frame = pd.DataFrame(
-        {
-            "driver_id": rng.integers(1001, 1101, rows).astype("int64"),
-            "event_timestamp": start + pd.to_timedelta(rng.uniform(0, 30 * 86400, rows), unit="s"),
-            "trip_distance_km": rng.gamma(2.0, 3.0, rows),
-            "conv_rate": rng.uniform(0, 1, rows),
-            "acc_rate": rng.uniform(0.5, 1, rows),
-            "avg_daily_trips": rng.integers(0, 40, rows).astype("int64"),
-            "avg_speed_kmh": rng.normal(32, 6, rows),
-            "cancel_rate": rng.beta(2, 10, rows),
-            "rating": rng.normal(4.6, 0.2, rows),
-            "tenure_days": rng.integers(1, 2000, rows).astype("int64"),
-        }
-    )
-    frame["expected_trip_minutes"] = frame.trip_distance_km / frame.avg_speed_kmh * 60
-    frame["is_long_trip"] = (frame.trip_distance_km > 10).astype("int64")
-    logit = (
-        2.5 * frame.conv_rate
-        + 2.0 * (frame.acc_rate - 0.75)
-        - 6 * frame.cancel_rate
-        - 0.08 * frame.trip_distance_km
-        + 0.8
-    )
-    frame["completed"] = (rng.uniform(0, 1, rows) < 1 / (1 + np.exp(-logit))).astype("int64")
-    return frame
+@pytest.fixture
+def rides_history(tmp_path):
+    """The feature repo applied over ~2.5 days of raw data up to the current hour (3,000+ labelled trips)."""
+    from airflow_provider_mlplat.hooks.feast import FeastHook
+    from include import datagen
+    from tests.feast_support import feast_connection
+
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    start = now.replace(hour=0) - timedelta(days=2)  # profiles are daily snapshots, written at midnight
+    datagen.generate(tmp_path / "data", start, now + timedelta(hours=1))
+    feast_connection("feast_default", tmp_path)
+    FeastHook().apply()
+    return tmp_path / "data"
 
 
 def test_training_pipeline_trains_on_ray_evaluates_on_the_holdout_and_promotes(
-    run_dag, ray_cluster, mlflow_server, tmp_path
+    run_dag, ray_cluster, mlflow_server, rides_history
 ):
-    path = tmp_path / "training_set.parquet"
-    trips = synthetic_trips()
-    trips.to_parquet(path)
-
-    result = run_dag("training_pipeline", conf={"training_set_uri": str(path)})
+    result = run_dag("training_pipeline", conf={"lookback_hours": 72})
     assert result.state == "success", result.states
     assert result.states == {
         "training_set": "success",
@@ -69,14 +51,24 @@ def test_training_pipeline_trains_on_ray_evaluates_on_the_holdout_and_promotes(
         "holdout_split": "success",
         "train": "success",
         "evaluate": "success",
+        "evaluate_champion": "skipped",  # no champion yet
         "promote": "success",
     }
-    assert result.xcoms["training_set"]["rows"] == 3000
+    trips = pd.read_parquet(rides_history / "trips")
+    in_window = trips[trips.event_timestamp >= result.run_after - timedelta(hours=72)]
+    built = result.xcoms["training_set"]
+    assert built["feature_service"] == "trip_completion_v1"
+    # trips of the first hour before their driver's first stats row have no features: dropped, counted
+    expected = len(in_window[in_window.event_timestamp < result.run_after])
+    assert built["rows"] + built["rows_missing_features"] == expected
+    assert built["rows_missing_features"] < 50
+    assert built["rows"] > 2500
     validation = result.xcoms["validate_training_set"]
     assert validation["success"] is True and validation["failed"] == []
     summary = result.xcoms["holdout_split"]
     assert summary["features"] == FEATURES and summary["label"] == "completed"
-    assert (summary["rows"], summary["holdout_rows"]) == (2400, 600)
+    assert summary["holdout_rows"] == int(built["rows"] * 0.2)
+    assert summary["rows"] + summary["holdout_rows"] == built["rows"]
     holdout = pd.read_parquet(summary["holdout_uri"])
     trained_on = pd.read_parquet(summary["uri"])
     assert holdout["event_timestamp"].min() >= trained_on["event_timestamp"].max()  # newest rows held out
@@ -111,7 +103,7 @@ def test_training_pipeline_trains_on_ray_evaluates_on_the_holdout_and_promotes(
     assert run.data.tags["mlplat.ray_job_id"].startswith("train-")
 
     evaluated = result.xcoms["evaluate"]
-    assert evaluated["version"] == trained["version"] and evaluated["rows"] == 600
+    assert evaluated["version"] == trained["version"] and evaluated["rows"] == summary["holdout_rows"]
     assert evaluated["metrics"]["roc_auc"] > 0.7
     promoted = result.xcoms["promote"]
     assert (promoted["decision"], promoted["champion_moved"]) == ("promoted", True)  # the first model
@@ -133,24 +125,37 @@ def test_training_pipeline_trains_on_ray_evaluates_on_the_holdout_and_promotes(
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pyfunc.load_model("models:/trip_completion@challenger")
     assert [c.name for c in model.metadata.get_input_schema().inputs] == FEATURES
-    predictions = model.predict(trips[FEATURES].head(20).astype("float64"))
+    holdout = pd.read_parquet(summary["holdout_uri"])
+    predictions = model.predict(holdout[FEATURES].head(20).astype("float64"))
     assert set(np.unique(predictions)) <= {0, 1}
 
+    # a second run: the champion is evaluated on the new holdout too, and the gate compares the two
+    again = run_dag("training_pipeline", conf={"lookback_hours": 72})
+    assert again.state == "success", again.states
+    champion_eval = again.xcoms["evaluate_champion"]
+    assert champion_eval["version"] == trained["version"]
+    assert champion_eval["holdout_uri"] == again.xcoms["evaluate"]["holdout_uri"]
+    decided = again.xcoms["promote"]
+    assert decided["compared_to"] == trained["version"]
+    champion_auc = champion_eval["metrics"]["roc_auc"]
+    challenger_auc = again.xcoms["evaluate"]["metrics"]["roc_auc"]
+    assert (decided["decision"] == "promoted") == (challenger_auc > champion_auc)
 
-def test_training_pipeline_refuses_a_missing_training_set(run_dag, tmp_path):
-    result = run_dag("training_pipeline", conf={"training_set_uri": str(tmp_path / "nope.parquet")})
+
+def test_training_pipeline_refuses_missing_trips(run_dag, rides_history, tmp_path):
+    result = run_dag("training_pipeline", conf={"entity_source": str(tmp_path / "nope.parquet")})
     assert result.state == "failed"
     assert result.states["training_set"] == "failed"
     downstream = ("validate_training_set", "holdout_split", "train", "evaluate", "promote")
     assert {result.states[t] for t in downstream} == {"upstream_failed"}
 
 
-def test_training_pipeline_stops_at_the_gx_gate_before_training(run_dag, tmp_path):
-    path = tmp_path / "training_set.parquet"
-    trips = synthetic_trips(rows=500)
-    trips["conv_rate"] = trips["conv_rate"] * 5  # rates far outside [0, 1]
+def test_training_pipeline_stops_at_the_gx_gate_before_training(run_dag, rides_history, tmp_path):
+    path = tmp_path / "trips.parquet"
+    trips = pd.read_parquet(rides_history / "trips")
+    trips["trip_distance_km"] = -trips["trip_distance_km"]  # negative distances: a broken upstream
     trips.to_parquet(path)
-    result = run_dag("training_pipeline", conf={"training_set_uri": str(path)})
+    result = run_dag("training_pipeline", conf={"entity_source": str(path)})
     assert result.state == "failed"
     assert result.states["training_set"] == "success"
     assert result.states["validate_training_set"] == "failed"
