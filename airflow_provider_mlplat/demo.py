@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_mlplat.exceptions import MLPlatServiceUnavailable
+from airflow_provider_mlplat.closed_loop import MODEL, ClosedLoop, LoopSettings
+from airflow_provider_mlplat.exceptions import MLPlatError, MLPlatServiceUnavailable
+from airflow_provider_mlplat.platform import ALL_SERVICES
 
 if TYPE_CHECKING:
     from airflow_provider_mlplat.platform import Platform
@@ -63,6 +66,63 @@ class AirflowRestClient:
                 raise MLPlatServiceUnavailable(f"DAG {dag_id!r} was not parsed within {timeout:.0f} s")
             time.sleep(1)
 
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        """
+        Pause or unpause a DAG.
+
+        :param dag_id: the DAG.
+        :param paused: the new state.
+        """
+        self.http.patch(f"/dags/{dag_id}", json={"is_paused": paused}).raise_for_status()
+
+    def set_variable(self, key: str, value: Any) -> None:
+        """
+        Create or replace an Airflow Variable (JSON-encoded).
+
+        :param key: variable name.
+        :param value: any JSON value.
+        """
+        body = {"key": key, "value": json.dumps(value)}
+        response = self.http.patch(f"/variables/{key}", json=body)
+        if response.status_code == 404:
+            response = self.http.post("/variables", json=body)
+        response.raise_for_status()
+
+    def run_ids(self, dag_id: str) -> list[str]:
+        """
+        The ids of a DAG's runs.
+
+        :param dag_id: the DAG.
+        """
+        response = self.http.get(f"/dags/{dag_id}/dagRuns", params={"limit": 1000})
+        response.raise_for_status()
+        return [run["dag_run_id"] for run in response.json()["dag_runs"]]
+
+    def upstream_asset_events(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """
+        The asset events that triggered a run (none for a manual run).
+
+        :param dag_id: the DAG.
+        :param run_id: the run.
+        """
+        response = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/upstreamAssetEvents")
+        response.raise_for_status()
+        return response.json()["asset_events"]
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        """
+        A task's XCom value (its return value by default).
+
+        :param dag_id: the DAG.
+        :param run_id: the run.
+        :param task_id: the task.
+        :param key: XCom key.
+        """
+        url = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
+        response = self.http.get(url, params={"deserialize": True, "stringify": False})
+        response.raise_for_status()
+        return response.json()["value"]
+
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         """
         Unpause a DAG and start a run now; return the run id.
@@ -70,7 +130,7 @@ class AirflowRestClient:
         :param dag_id: the DAG.
         :param conf: run configuration (params).
         """
-        self.http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+        self.set_paused(dag_id, False)
         body = {"logical_date": datetime.now(UTC).isoformat(), "conf": conf or {}}
         response = self.http.post(f"/dags/{dag_id}/dagRuns", json=body)
         response.raise_for_status()
@@ -95,11 +155,14 @@ class AirflowRestClient:
         return run
 
 
-def run_demo(platform: Platform) -> int:
+def run_demo(platform: Platform, loop: bool = True, settings: LoopSettings | None = None) -> int:
     """
-    Run the reference pipelines that exist on a running platform and print a timeline.
+    Check every platform connection from an Airflow task, then (``loop``) run the closed loop and
+    print its timeline and where to look.
 
     :param platform: a platform that is up.
+    :param loop: run the closed loop after the check.
+    :param settings: how to drive the loop.
     """
     s = platform.settings
     if "airflow" not in s.services:
@@ -117,9 +180,57 @@ def run_demo(platform: Platform) -> int:
         label = ti.get("rendered_map_index") or (ti["map_index"] if ti["map_index"] >= 0 else "")
         print(f"  {ti['task_id']:<22} {label!s:<16} {ti['state']:<8} {ti.get('duration') or 0:.1f} s")
     print(f"  run {run_id}: {run['state']}")
-    print(f"\nAirflow: http://127.0.0.1:{s.airflow_port}/dags/platform_check")
+    code = 0 if run["state"] == "success" else 1
+    if loop and code == 0:
+        missing = sorted(set(ALL_SERVICES) - set(s.services))
+        if missing:
+            print(f"the closed loop needs every service; missing: {missing}", file=sys.stderr)
+            return 2
+        print("\nDemo: the closed loop (features -> training -> rollout -> traffic -> drift -> retrain)")
+        try:
+            report = ClosedLoop(
+                platform, api, settings or LoopSettings(), echo=lambda line: print(f"  {line}")
+            ).run()
+        except MLPlatError as err:
+            print(f"  the loop stopped: {err}", file=sys.stderr)
+            code = 1
+        else:
+            print_report(report)
+    print(f"\nAirflow: http://127.0.0.1:{s.airflow_port}/dags")
     if "mlflow" in s.services:
-        print(f"MLflow:  http://127.0.0.1:{s.mlflow_port}")
+        print(f"MLflow:  http://127.0.0.1:{s.mlflow_port}/#/models/{MODEL}")
     if "ray" in s.services:
-        print(f"Ray:     http://127.0.0.1:{s.ray_dashboard_port}")
-    return 0 if run["state"] == "success" else 1
+        print(f"Ray:     http://127.0.0.1:{s.ray_dashboard_port}/#/jobs")
+    if "prometheus" in s.services:
+        print(f"Prometheus: http://127.0.0.1:{s.prometheus_port}")
+    return code
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """
+    The loop's timeline: each DAG run, its duration and scheduling delay, versions, traffic, drift.
+
+    :param report: what :meth:`ClosedLoop.run` returned.
+    """
+    print(f"\n  Timeline ({report['seconds']:.0f} s in all)")
+    print(f"  {'DAG run':<22} {'state':<8} {'run':>7} {'sched':>6}  what")
+    for entry in report["timeline"]:
+        delay = f"{entry['schedule_delay']:.1f}" if entry["schedule_delay"] is not None else "-"
+        print(
+            f"  {entry['dag_id']:<22} {entry['state']:<8} {entry['duration'] or 0:6.1f}s {delay:>5}s  {entry['what']}"
+        )
+    versions = report["versions"]
+    print(
+        f"\n  Model versions: v{versions['first']} (first champion) -> v{versions['retrained']} (after drift)"
+    )
+    rollout = report["rollout"]
+    steps = " -> ".join(f"{step}%" for step in rollout.get("steps", [])) or "direct"
+    print(f"  Serving {rollout['deployment']}: v{rollout['version']} at {rollout.get('traffic')} ({steps})")
+    for phase, answers in report["traffic"].items():
+        print(f"  Traffic {phase:<8} {answers}")
+    for check in report["drift"]:
+        scores = {k: round(v, 4) for k, v in sorted(check.get("scores", {}).items())}
+        print(
+            f"  Drift of the {check['what']}: share {check['drift_share']:.2f}, detected {check['detected']}"
+        )
+        print(f"    scores {scores}")

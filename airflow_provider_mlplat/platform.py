@@ -633,6 +633,23 @@ class Platform:
         self._airflow_cli("connections", "import", "--overwrite", str(path))
 
 
+def include_module(name: str):
+    """
+    A module of the repository's ``include/`` folder (not a package on any import path), loaded once.
+
+    :param name: file name without ``.py``, e.g. ``datagen``.
+    """
+    import importlib.util
+
+    key = f"mlplat_include_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, REPO_ROOT / "include" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
 def load(home: Path | str | None = None) -> Platform:
     """
     The platform of a home, with the settings ``up`` saved there (or from the environment).

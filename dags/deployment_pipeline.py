@@ -12,7 +12,8 @@ is emitted with version, traffic and revision. A failed step rolls traffic back,
 back to `previous-champion` and fails the run; the decision record is in artifact storage.
 
 Params (for a manual run): `model_version` (default: the champion), `strategy` (`canary` or
-`direct`), `canary_steps`, `analysis` (threshold overrides, e.g. `{"window_seconds": 120}`).
+`direct`), `canary_steps`, `analysis` (threshold overrides, e.g. `{"window_seconds": 120}`). The
+Airflow Variable `mlplat_canary_analysis` (JSON) sets the thresholds of asset-triggered runs.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def deployment_pipeline():
         model_version="{{ params.model_version }}",
         strategy="{{ params.strategy }}",
         canary_steps="{{ params.canary_steps }}",
-        analysis="{{ params.analysis }}",
+        analysis="{{ params.analysis or var.json.get('mlplat_canary_analysis', {}) }}",
         poll_interval=2,
     )
 

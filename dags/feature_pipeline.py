@@ -46,8 +46,9 @@ def feature_pipeline():
     def land_raw_data(params=None, data_interval_start=None, data_interval_end=None) -> list[dict[str, str]]:
         """The interval's raw files and their expectation suites (generated when simulate_source)."""
         from airflow_provider_mlplat.hooks.feast import FeastHook
+        from airflow_provider_mlplat.platform import include_module
 
-        datagen = _include("datagen")
+        datagen = include_module("datagen")
         data_dir = FeastHook().data_dir
         if params["simulate_source"]:
             datagen.generate(data_dir, data_interval_start, data_interval_end, drivers=params["drivers"])
@@ -78,17 +79,3 @@ def feature_pipeline():
 
 
 feature_pipeline()
-
-
-def _include(name: str):
-    """A module of include/ (the folder is not on the task's import path)."""
-    import importlib.util
-    import sys
-
-    key = f"mlplat_include_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, INCLUDE / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules[key]
