@@ -176,8 +176,8 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
     Build a point-in-time correct training set for a feature service and write it as parquet to
     artifact storage: the entity rows' columns (join keys, ``event_timestamp``, request data), the
     service's features under their plain names, and the label (none for a frame to score, with
-    ``label_column=None``). Entity rows lacking a feature value
-    at their event time (none within the view's TTL) are dropped and counted, or kept with NaN.
+    ``label_column=None``). Entity rows lacking a feature value at their event time (none within
+    the view's TTL) are dropped and counted, or kept with NaN.
     Returns ``{"uri", "rows", "features", "label", "content_hash" (SHA-256 of the file),
     "feature_service", "rows_missing_features"}``; the data never goes to XCom.
 
