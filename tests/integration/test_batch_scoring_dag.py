@@ -51,7 +51,7 @@ def registry(mlflow_server, tmp_path):
     trips = synthetic_trips(rows=600)
     trips.to_parquet(tmp_path / "training_set.parquet")
 
-    def register(alias: str, c: float) -> str:
+    def register(alias: str, c: float, feature_service: str = "trip_completion_v1") -> str:
         import sklearn
         import skops
         from mlflow.models import infer_signature
@@ -76,7 +76,7 @@ def registry(mlflow_server, tmp_path):
         client.set_model_version_tag(
             MODEL, version, "mlplat.training_set.uri", str(tmp_path / "training_set.parquet")
         )
-        client.set_model_version_tag(MODEL, version, "mlplat.feature_service", "trip_completion_v1")
+        client.set_model_version_tag(MODEL, version, "mlplat.feature_service", feature_service)
         return version
 
     yield client, register
@@ -185,7 +185,7 @@ def test_batch_scoring_scores_every_driver_with_the_champion(
 
 
 def test_no_champion_fails_the_score_task_naming_model_alias_and_existing_aliases(
-    run_dag, rides_day, registry, ray_cluster
+    run_dag, rides_day, registry, ray_cluster, capfd
 ):
     from airflow_provider_mlplat.hooks.ray import RayHook
 
@@ -205,8 +205,28 @@ def test_no_champion_fails_the_score_task_naming_model_alias_and_existing_aliase
     assert asset_events(result.run_id) == []
     jobs = ray_jobs_of(result.run_id)
     assert [job.status for job in jobs] == ["FAILED"]  # finished: nothing left running on Ray
-    log = RayHook().get_conn().get_job_logs(jobs[0].submission_id)
-    assert (
+    reason = (
         f"registered model 'trip_completion' has no 'champion' alias; its aliases: "
-        f"challenger -> version {challenger}" in log
+        f"challenger -> version {challenger}"
     )
+    assert reason in RayHook().get_conn().get_job_logs(jobs[0].submission_id)
+    printed = capfd.readouterr()
+    failure = (printed.out + printed.err).split(f"MLPlatError: ray job {jobs[0].submission_id} FAILED", 1)
+    assert len(failure) == 2 and reason in failure[1]  # the task's error carries the reason
+
+
+def test_a_champion_trained_on_another_feature_service_is_refused(run_dag, rides_day, registry, ray_cluster):
+    _, register = registry
+    champion = register("champion", c=1.0, feature_service="trip_completion_v2")
+    result = run_dag("batch_scoring", logical_date=LOGICAL_DATE)
+    assert result.state == "failed"
+    assert (result.states["score"], result.states["publish"]) == ("failed", "upstream_failed")
+    jobs = ray_jobs_of(result.run_id)
+    assert [job.status for job in jobs] == ["FAILED"]
+    from airflow_provider_mlplat.hooks.ray import RayHook
+
+    assert (
+        f"models:/trip_completion/{champion} was trained on feature service 'trip_completion_v2'"
+        in RayHook().get_conn().get_job_logs(jobs[0].submission_id)
+    )
+    assert asset_events(result.run_id) == []
