@@ -150,7 +150,10 @@ def get_provider_info() -> dict[str, Any]:
             for conn_type, spec in CONNECTION_TYPES.items()
         ],
         "asset-uris": [
-            {"schemes": ["feast", "mlflow", "kserve", "drift"], "handler": f"{_PKG}.assets.sanitize_uri"}
+            {
+                "schemes": ["feast", "mlflow", "kserve", "drift", "predictions"],
+                "handler": f"{_PKG}.assets.sanitize_uri",
+            }
         ],
         "extra-links": [f"{_PKG}.{link}" for link in _EXTRA_LINKS],
         "config": {

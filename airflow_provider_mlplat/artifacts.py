@@ -26,17 +26,19 @@ def _safe(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", part)
 
 
-def task_artifact_dir(context: Any, *parts: str) -> ObjectStoragePath:
+def task_artifact_dir(context: Any, *parts: str, task_id: str | None = None) -> ObjectStoragePath:
     """
     A deterministic folder for one task instance's artifacts: ``<root>/<dag>/<run>/<task>[/<map>]/...``
     (a retry writes to the same place, so it replaces rather than duplicates).
 
     :param context: the task's Airflow context.
     :param parts: sub-folders below the task's folder.
+    :param task_id: the folder of another (unmapped) task of the same run instead, e.g. for a Ray
+        job that task submits and that writes there itself.
     """
     ti = context["ti"]
-    path = artifact_root() / _safe(ti.dag_id) / _safe(ti.run_id) / _safe(ti.task_id)
-    if getattr(ti, "map_index", -1) >= 0:
+    path = artifact_root() / _safe(ti.dag_id) / _safe(ti.run_id) / _safe(task_id or ti.task_id)
+    if task_id is None and getattr(ti, "map_index", -1) >= 0:
         path = path / str(ti.map_index)
     for part in parts:
         path = path / _safe(part)

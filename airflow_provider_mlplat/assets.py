@@ -1,4 +1,4 @@
-"""Asset URI builders: one vocabulary for feast://, mlflow://, kserve:// and drift:// assets."""
+"""Asset URI builders: one vocabulary for feast://, mlflow://, kserve://, drift:// and predictions:// assets."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ URI_SHAPES: dict[str, tuple[str, ...]] = {
     "mlflow": ("models", "model_name"),
     "kserve": ("namespace", "name"),
     "drift": ("models", "model_name"),
+    "predictions": ("models", "model_name"),
 }
 
 
@@ -74,6 +75,15 @@ def drift_asset(model_name: str) -> Asset:
     :param model_name: registered model name whose served traffic drifted.
     """
     return _asset("drift", "models", model_name)
+
+
+def predictions_asset(model_name: str) -> Asset:
+    """
+    The Asset a batch scoring run of a registered model updates: ``predictions://models/<name>``.
+
+    :param model_name: registered model name whose predictions were written.
+    """
+    return _asset("predictions", "models", model_name)
 
 
 def sanitize_uri(uri: SplitResult) -> SplitResult:

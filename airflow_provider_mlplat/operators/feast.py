@@ -175,15 +175,17 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
     """
     Build a point-in-time correct training set for a feature service and write it as parquet to
     artifact storage: the entity rows' columns (join keys, ``event_timestamp``, request data), the
-    service's features under their plain names, and the label. Entity rows lacking a feature value
-    at their event time (none within the view's TTL) are dropped and counted, or kept with NaN.
+    service's features under their plain names, and the label (none for a frame to score, with
+    ``label_column=None``). Entity rows lacking a feature value at their event time (none within
+    the view's TTL) are dropped and counted, or kept with NaN.
     Returns ``{"uri", "rows", "features", "label", "content_hash" (SHA-256 of the file),
     "feature_service", "rows_missing_features"}``; the data never goes to XCom.
 
     :param feature_service: feature service name (templated).
     :param entity_source: the labelled entity rows (templated): a parquet file or folder or a CSV
         file (path or URI), or a SQL query when ``entity_conn_id`` is set.
-    :param label_column: label column of the entity rows (templated).
+    :param label_column: label column of the entity rows (templated); None for unlabelled rows
+        (batch scoring).
     :param start: keep entity rows at or after this time (templated; optional).
     :param end: keep entity rows before this time (templated; optional).
     :param entity_conn_id: Airflow connection of the database ``entity_source`` queries.
@@ -200,7 +202,7 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
         *,
         feature_service: str,
         entity_source: str,
-        label_column: str = "completed",
+        label_column: str | None = "completed",
         start: Any = None,
         end: Any = None,
         entity_conn_id: str | None = None,
@@ -231,9 +233,8 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
         # Feast's file offline store drops entity rows that have only later feature rows; keep
         # every entity row (features missing = NaN), as point-in-time semantics say.
         frame = entities.merge(found[[_ROW, *features]], left_index=True, right_on=_ROW, how="left")
-        frame = frame[
-            [c for c in entities.columns if c != self.label_column] + features + [self.label_column]
-        ]
+        label = [self.label_column] if self.label_column else []
+        frame = frame[[c for c in entities.columns if c not in label] + features + label]
         frame = frame.sort_values(["event_timestamp", *keys], kind="stable").reset_index(drop=True)
         incomplete = frame[features].isna().any(axis=1)
         if incomplete.any():
@@ -287,7 +288,8 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
                     f.name for s in odfvs[projection.name].source_request_sources.values() for f in s.schema
                 ]
         keys = list(dict.fromkeys(keys))
-        needed = [*keys, "event_timestamp", *dict.fromkeys(request), self.label_column]
+        needed = [*keys, "event_timestamp", *dict.fromkeys(request)]
+        needed += [self.label_column] if self.label_column else []
         missing = [c for c in dict.fromkeys(needed) if c not in frame.columns]
         if missing:
             raise MLPlatConfigError(

@@ -139,3 +139,15 @@ def test_bad_input_is_named(tmp_path):
         training_set(entity_source=str(tmp_path / "nowhere.parquet"))
     with pytest.raises(MLPlatValidationFailed, match="no entity rows"):
         training_set(entity_source=str(rides.data / "trips"), start="2027-01-01T00:00:00+00:00")
+
+
+def test_unlabelled_entity_rows_for_scoring(tmp_path):
+    rides_repo(tmp_path)
+    entities = pd.DataFrame(
+        {"driver_id": [1001, 1002], "event_timestamp": [T0 + 2 * HOUR] * 2, "trip_distance_km": [6.0, 20.0]}
+    )
+    entities.to_parquet(tmp_path / "entities.parquet")
+    summary, frame = training_set(entity_source=str(tmp_path / "entities.parquet"), label_column=None)
+    assert summary["label"] is None and summary["rows"] == 2
+    assert list(frame.columns) == ["driver_id", "event_timestamp", "trip_distance_km", *FEATURES]
+    assert frame["is_long_trip"].tolist() == [0, 1]

@@ -8,22 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.training_support import FEATURES
+
 pytestmark = pytest.mark.integration
-
-# the feature repo's training set (feature service trip_completion_v1), in its column order
-FEATURES = [
-    "trip_distance_km",
-    "conv_rate",
-    "acc_rate",
-    "avg_daily_trips",
-    "avg_speed_kmh",
-    "cancel_rate",
-    "rating",
-    "tenure_days",
-    "expected_trip_minutes",
-    "is_long_trip",
-]
-
 
 @pytest.fixture
 def rides_history(tmp_path):

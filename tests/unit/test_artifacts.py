@@ -18,3 +18,13 @@ def test_task_folder_is_deterministic_and_under_the_configured_root(monkeypatch,
     uri = write_json(first / "summary.json", {"rows": 3})
     assert read_json(uri) == {"rows": 3}
     assert (tmp_path / "art/d/manual__2026-01-01T00_00_00_00_00/t/2/report/summary.json").is_file()
+
+
+def test_folder_of_another_task_of_the_same_run(monkeypatch, tmp_path):
+    monkeypatch.setenv("AIRFLOW__MLPLAT__ARTIFACT_ROOT", str(tmp_path / "art"))
+    ti = SimpleNamespace(dag_id="d", run_id="scheduled__2026-01-02", task_id="plan", map_index=3)
+    folder = task_artifact_dir({"ti": ti}, "out", task_id="score")
+    assert str(folder) == f"file://{tmp_path}/art/d/scheduled__2026-01-02/score/out"  # no map index
+    assert folder == task_artifact_dir(
+        {"ti": SimpleNamespace(**{**vars(ti), "task_id": "score", "map_index": -1})}, "out"
+    )
