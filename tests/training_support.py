@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 # the feature repo's training set (feature service trip_completion_v1), in its column order
 FEATURES = [
     "trip_distance_km",
