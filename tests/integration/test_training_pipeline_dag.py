@@ -12,6 +12,7 @@ from tests.training_support import FEATURES
 
 pytestmark = pytest.mark.integration
 
+
 @pytest.fixture
 def rides_history(tmp_path):
     """The feature repo applied over ~2.5 days of raw data up to the current hour (3,000+ labelled trips)."""

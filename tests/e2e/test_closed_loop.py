@@ -1,0 +1,75 @@
+"""The whole loop on a running local platform: features -> training -> rollout -> drift -> retrain -> rollout."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from tests.services import running_platform
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_loop_closes_with_no_manual_step_after_the_feature_run(tmp_path):
+    import httpx
+
+    from airflow_provider_mlplat.closed_loop import ClosedLoop, LoopSettings
+    from airflow_provider_mlplat.demo import AirflowRestClient
+    from airflow_provider_mlplat.platform import ALL_SERVICES
+
+    with running_platform(tmp_path / "home", ALL_SERVICES) as platform:
+        s = platform.settings
+        api = AirflowRestClient(
+            f"http://127.0.0.1:{s.airflow_port}", "admin", platform.secrets()["airflow_admin_password"]
+        )
+        report = ClosedLoop(platform, api, LoopSettings(phase_seconds=15)).run()
+        import mlflow
+
+        client = mlflow.MlflowClient(f"http://127.0.0.1:{s.mlflow_port}")
+        aliases = dict(client.get_registered_model("trip_completion").aliases)
+        serving = httpx.get(f"http://127.0.0.1:{s.model_server_port}/v1/models/trip-completion").json()
+        api_runs = {dag: api.run_ids(dag) for dag in ("training_pipeline", "deployment_pipeline")}
+
+    timeline = report["timeline"]
+    assert [(e["dag_id"], e["run_type"]) for e in timeline] == [
+        ("feature_pipeline", "manual"),  # the demo's one manual step (the hourly clock)
+        ("training_pipeline", "asset_triggered"),
+        ("deployment_pipeline", "asset_triggered"),
+        ("monitoring_pipeline", "manual"),  # the clock again: normal traffic
+        ("monitoring_pipeline", "manual"),  # drifted traffic
+        ("training_pipeline", "asset_triggered"),
+        ("deployment_pipeline", "asset_triggered"),
+    ]
+    assert all(e["state"] == "success" for e in timeline)
+    # each stage started after the one before it ended, and was triggered by its Asset
+    for before, after in itertools.pairwise(timeline):
+        assert after["start_date"] >= before["end_date"], (before, after)
+    assert timeline[1]["triggered_by"] == ["feast://rides/driver_hourly_stats"]
+    assert timeline[2]["triggered_by"] == ["mlflow://models/trip_completion"]
+    assert timeline[5]["triggered_by"] == ["drift://models/trip_completion"]
+    assert timeline[6]["triggered_by"] == ["mlflow://models/trip_completion"]
+    assert len(api_runs["training_pipeline"]) == 2 and len(api_runs["deployment_pipeline"]) == 2
+
+    first, retrained = report["versions"]["first"], report["versions"]["retrained"]
+    assert int(retrained) == int(first) + 1
+    assert aliases["champion"] == retrained and aliases["previous-champion"] == first
+
+    normal, drifted = report["drift"]
+    assert normal["detected"] is False and drifted["detected"] is True
+    assert normal["version"] == first and drifted["version"] == first  # the traffic v1 served
+    assert drifted["drift_share"] >= 0.5 > normal["drift_share"]
+    assert {"avg_speed_kmh", "trip_distance_km"} <= set(drifted["drifted_features"])
+
+    rollout = report["rollout"]
+    assert (rollout["version"], rollout["previous_version"], rollout["outcome"]) == (
+        retrained,
+        first,
+        "promoted",
+    )
+    assert rollout["steps"] == [10, 50, 100]  # a canary this time: there was a stable version
+    assert serving["ready"] is True
+    # the traffic went on through the canary and was answered by both versions, without errors
+    answered = report["traffic"]["drifted"]
+    assert {key.split()[0] for key in answered} == {f"v{first}", f"v{retrained}"}
+    assert {key.split()[1] for key in answered} == {"200"}
