@@ -84,7 +84,9 @@ CONNECTION_TYPES: dict[str, dict[str, Any]] = {
     "prometheus": {
         "hook": "hooks.prometheus.PrometheusHook",
         "name": "Prometheus",
-        "fields": {},
+        "fields": {
+            "pushgateway_url": _text("Pushgateway URL batch jobs push metrics to (e.g. drift scores)"),
+        },
         "behaviour": {
             "hidden-fields": ["schema", "port", "extra"],
             "relabeling": {"host": "URL", "login": "Username", "password": "Password or token"},
@@ -103,8 +105,16 @@ _MODULES: dict[str, list[str]] = {
         "hooks.kuberay",
         "hooks.kserve",
         "hooks.prometheus",
+        "hooks.evidently",
     ],
-    "operators": ["operators.feast", "operators.gx", "operators.mlflow", "operators.ray", "operators.kserve"],
+    "operators": [
+        "operators.feast",
+        "operators.gx",
+        "operators.mlflow",
+        "operators.ray",
+        "operators.kserve",
+        "operators.evidently",
+    ],
     "sensors": ["sensors.feast", "sensors.mlflow"],
     "triggers": ["triggers.feast", "triggers.mlflow", "triggers.ray", "triggers.kserve"],
 }
@@ -112,6 +122,7 @@ _EXTRA_LINKS: list[str] = [
     "links.mlflow.MLflowRunLink",
     "links.mlflow.MLflowModelVersionLink",
     "links.ray.RayJobLink",
+    "links.evidently.EvidentlyReportLink",
 ]
 
 

@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--ray-dashboard-port", type=int, help="Ray dashboard port (default 8265)")
     group.add_argument("--model-server-port", type=int, help="KServe model server port (default 8090)")
     group.add_argument("--prometheus-port", type=int, help="Prometheus port (default 9090)")
+    group.add_argument("--pushgateway-port", type=int, help="Prometheus Pushgateway port (default 9091)")
     group.add_argument("--airflow-db-url", help="Airflow metadata DB URL (default: SQLite under home)")
     group.add_argument("--mlflow-db-url", help="MLflow backend store URL (default: SQLite under home)")
     group.add_argument("--dags-folder", help="DAG folder (default: this repository's dags/)")
@@ -52,6 +53,7 @@ def _platform(args: argparse.Namespace, starting: bool):
         ray_dashboard_port=args.ray_dashboard_port,
         model_server_port=args.model_server_port,
         prometheus_port=args.prometheus_port,
+        pushgateway_port=args.pushgateway_port,
         airflow_db_url=args.airflow_db_url,
         mlflow_db_url=args.mlflow_db_url,
         dags_folder=args.dags_folder,

@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 #: Airflow components in start order; supervisord stops them in reverse (scheduler first).
 AIRFLOW_COMPONENTS = ("api-server", "dag-processor", "triggerer", "scheduler")
-ALL_SERVICES = ("mlflow", "ray", "model-server", "prometheus", "airflow")
+ALL_SERVICES = ("mlflow", "ray", "model-server", "prometheus", "pushgateway", "airflow")
 #: set for every supervised process (and so its children): how `down` finds what is left
 MARKER = "MLPLAT_SUPERVISED_HOME"
 
@@ -41,6 +41,7 @@ class Settings:
     :param ray_dashboard_port: Ray dashboard / Job Submission API port.
     :param model_server_port: KServe model server port.
     :param prometheus_port: Prometheus port.
+    :param pushgateway_port: Prometheus Pushgateway port (batch jobs such as drift checks push there).
     :param airflow_db_url: Airflow metadata database (default: SQLite under home).
     :param mlflow_db_url: MLflow backend store (default: SQLite under home).
     :param dags_folder: DAG folder Airflow runs (default: this repository's ``dags/``).
@@ -54,6 +55,7 @@ class Settings:
     ray_dashboard_port: int = 8265
     model_server_port: int = 8090
     prometheus_port: int = 9090
+    pushgateway_port: int = 9091
     airflow_db_url: str = ""
     mlflow_db_url: str = ""
     dags_folder: Path = REPO_ROOT / "dags"
@@ -282,12 +284,7 @@ class Platform:
                 )
             )
         if "prometheus" in s.services:
-            binary = shutil.which("prometheus") or "/usr/bin/prometheus"
-            if not Path(binary).exists():
-                raise MLPlatConfigError(
-                    "the prometheus service needs the prometheus binary (Debian/Ubuntu: apt-get install "
-                    "prometheus); or leave it out with --services"
-                )
+            binary = _binary("prometheus", "prometheus")
             config = self.home / "prometheus" / "prometheus.yml"
             template = Template((REPO_ROOT / "include" / "prometheus" / "prometheus.yml").read_text())
             out.append(
@@ -305,6 +302,23 @@ class Platform:
                     ports=(s.prometheus_port,),
                     priority=30,
                     files={config: template.substitute(asdict(s))},
+                )
+            )
+        if "pushgateway" in s.services:
+            out.append(
+                Service(
+                    name="pushgateway",
+                    command=[
+                        _binary("prometheus-pushgateway", "pushgateway"),
+                        f"--web.listen-address=127.0.0.1:{s.pushgateway_port}",
+                        # pushed metrics survive a restart (Debian's default file is under /var/lib)
+                        f"--persistence.file={self.home / 'pushgateway' / 'metrics.data'}",
+                        "--persistence.interval=1m",
+                    ],
+                    url=f"http://127.0.0.1:{s.pushgateway_port}",
+                    health_path="/-/ready",
+                    ports=(s.pushgateway_port,),
+                    priority=30,
                 )
             )
         if "airflow" in s.services:
@@ -349,6 +363,10 @@ class Platform:
                 "conn_type": "prometheus",
                 "host": f"http://127.0.0.1:{s.prometheus_port}",
             }
+            if "pushgateway" in s.services:
+                conns["prometheus_default"]["extra"] = {
+                    "pushgateway_url": f"http://127.0.0.1:{s.pushgateway_port}"
+                }
         # Feast needs no service: the reference repo, its raw data, registry and SQLite online store
         conns["feast_default"] = {
             "conn_type": "feast",
@@ -365,7 +383,7 @@ class Platform:
 
     def write_config(self) -> None:
         """Write supervisord.conf, the Airflow password file, the Ray token and platform.json."""
-        for sub in ("logs", "airflow", "mlflow/artifacts", "ray", "artifacts"):
+        for sub in ("logs", "airflow", "mlflow/artifacts", "ray", "artifacts", "pushgateway"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         self.settings.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         sec = self.secrets()
@@ -670,6 +688,17 @@ def _quote(value: str, always: bool = False) -> str:
     if not always and value and all(c.isalnum() or c in "/._-:=@+" for c in value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+
+
+def _binary(name: str, service: str) -> str:
+    """The path of a Debian-packaged server binary; a clear error naming the package when it is missing."""
+    binary = shutil.which(name) or f"/usr/bin/{name}"
+    if not Path(binary).exists():
+        raise MLPlatConfigError(
+            f"the {service} service needs the {name} binary (Debian/Ubuntu: apt-get install {name}); "
+            "or leave it out with --services"
+        )
+    return binary
 
 
 def _clean_env() -> dict[str, str]:

@@ -84,6 +84,7 @@ def running_platform(home: Path, services: tuple[str, ...], **settings) -> Itera
         "ray_dashboard_port": free_port(),
         "model_server_port": free_port(),
         "prometheus_port": free_port(),
+        "pushgateway_port": free_port(),
     }
     platform = Platform(Settings(home=home, services=services, **{**ports, **settings}))
     try:

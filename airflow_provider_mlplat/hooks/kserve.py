@@ -23,6 +23,17 @@ STABLE_ANNOTATION = "mlplat.io/stable-model-version"
 LOAD_TIMEOUT = 600
 
 
+def deployment_name(model_name: str, name: str | None = None) -> str:
+    """
+    The deployment (InferenceService) that serves a registered model: ``name``, or by default the
+    model name in lowercase with dashes for underscores (what KServe accepts).
+
+    :param model_name: registered MLflow model.
+    :param name: explicit deployment name (wins when set).
+    """
+    return name or model_name.replace("_", "-").lower()
+
+
 @dataclass(frozen=True)
 class ModelVersionRef:
     """
@@ -721,6 +732,17 @@ class KServeHook(MLPlatHook):
                 "http://127.0.0.1:8090) nor a kubernetes_conn_id extra"
             )
         return host if "://" in host else f"http://{host}:{self.connection.port or 8080}"
+
+    @property
+    def inference_log(self) -> str:
+        """The folder the local model server writes its inference log to (the ``inference_log`` extra)."""
+        root = self.extra("inference_log")
+        if not root:
+            raise MLPlatConfigError(
+                f"connection {self.conn_id!r} has no inference_log extra: set it to the model server's "
+                "inference log folder (mlplat up sets <home>/inference-log)"
+            )
+        return root
 
     def target_config(
         self, namespace: str | None = None, predictor: dict[str, Any] | None = None

@@ -1,8 +1,10 @@
-"""Prometheus hook: PromQL instant and range queries over the HTTP API."""
+"""Prometheus hook: PromQL instant and range queries over the HTTP API; pushes to a Pushgateway."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -10,10 +12,28 @@ from airflow_provider_mlplat.exceptions import MLPlatServiceUnavailable
 from airflow_provider_mlplat.hooks.base import MLPlatHook
 
 
+@dataclass(frozen=True)
+class Sample:
+    """
+    One gauge value to push.
+
+    :param name: metric name.
+    :param help: metric description.
+    :param value: the value.
+    :param labels: label names and values (the same names for every sample of a metric).
+    """
+
+    name: str
+    help: str
+    value: float
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
 class PrometheusHook(MLPlatHook):
     """
-    Queries a Prometheus server. The connection's host is the base URL; login + password give
-    basic auth, a password alone is a bearer token.
+    Queries a Prometheus server and pushes batch-job metrics to its Pushgateway. The connection's
+    host is the base URL; login + password give basic auth, a password alone is a bearer token
+    (for Prometheus; the Pushgateway, from the ``pushgateway_url`` extra, is reached without them).
 
     :param prometheus_conn_id: Airflow connection id of type ``prometheus``.
     """
@@ -110,6 +130,40 @@ class PrometheusHook(MLPlatHook):
             "/api/v1/query_range", {"query": promql, "start": ts(start), "end": ts(end), "step": step}
         )
         return data["result"]
+
+    @property
+    def pushgateway_url(self) -> str | None:
+        """The Pushgateway's URL (``pushgateway_url`` extra); None when the connection names none."""
+        url = self.extra("pushgateway_url")
+        return url.rstrip("/") if url else None
+
+    def push(self, job: str, grouping_key: Mapping[str, str], samples: Sequence[Sample]) -> str | None:
+        """
+        Replace the group ``job`` + ``grouping_key`` on the Pushgateway with these gauges (a group's
+        metrics not pushed again disappear); returns the URL pushed to, None when no Pushgateway is set.
+
+        :param job: the ``job`` label of the group.
+        :param grouping_key: further labels identifying the group.
+        :param samples: the gauge values.
+        """
+        from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+        url = self.pushgateway_url
+        if url is None:
+            return None
+        registry, gauges = CollectorRegistry(), {}
+        for sample in samples:
+            if sample.name not in gauges:
+                gauges[sample.name] = Gauge(sample.name, sample.help, tuple(sample.labels), registry=registry)
+            gauge = gauges[sample.name]
+            (gauge.labels(**sample.labels) if sample.labels else gauge).set(sample.value)
+        try:
+            push_to_gateway(url, job=job, registry=registry, grouping_key=dict(grouping_key), timeout=30)
+        except OSError as err:  # URLError and HTTPError are OSErrors
+            raise MLPlatServiceUnavailable(
+                f"Pushgateway at {url} refused the push of {job!r}: {err}"
+            ) from None
+        return url
 
     def probe(self) -> str:
         """Read the server's build info."""

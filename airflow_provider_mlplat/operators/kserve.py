@@ -15,7 +15,13 @@ from airflow.sdk import AssetAlias, BaseOperator
 
 from airflow_provider_mlplat.assets import kserve_asset
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, RolloutFailed
-from airflow_provider_mlplat.hooks.kserve import KServeHook, ModelVersionRef, RolloutTarget, make_target
+from airflow_provider_mlplat.hooks.kserve import (
+    KServeHook,
+    ModelVersionRef,
+    RolloutTarget,
+    deployment_name,
+    make_target,
+)
 
 #: the alias through which rollouts emit ``kserve://<namespace>/<name>`` (namespace known at run time)
 ROLLOUT_ALIAS = "kserve-rollout"
@@ -282,7 +288,7 @@ class KServeRolloutOperator(BaseOperator):
     def _validate(self) -> tuple[str, list[int], CanaryAnalysis | None]:
         if self.strategy not in ("canary", "direct"):
             raise MLPlatConfigError(f"strategy={self.strategy!r}; valid: 'canary', 'direct'")
-        name = self.deployment_name or self.model_name.replace("_", "-").lower()
+        name = deployment_name(self.model_name, self.deployment_name)
         if not _NAME.match(name):
             raise MLPlatConfigError(
                 f"deployment name {name!r} is not a valid InferenceService name: lowercase letters, digits "

@@ -35,6 +35,8 @@ def port_args() -> list[str]:
         str(free_port()),
         "--prometheus-port",
         str(free_port()),
+        "--pushgateway-port",
+        str(free_port()),
     ]
 
 
@@ -67,7 +69,7 @@ def test_up_status_demo_down(tmp_path):
 
         status = mlplat("status", "--home", home)
         assert status.returncode == 0, status.stdout
-        for name in ("mlflow", "ray", "model-server", "prometheus", "airflow"):
+        for name in ("mlflow", "ray", "model-server", "prometheus", "pushgateway", "airflow"):
             assert any(line.split()[:2] == ["up", name] for line in status.stdout.splitlines()), status.stdout
 
         supervisor, service_pids = platform.supervisor_pid(), platform.rpc().getAllProcessInfo()
@@ -90,6 +92,7 @@ def test_up_status_demo_down(tmp_path):
         s.ray_dashboard_port,
         s.model_server_port,
         s.prometheus_port,
+        s.pushgateway_port,
     ):
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is fine

@@ -23,7 +23,7 @@ def test_settings_come_from_the_environment_then_flags(monkeypatch, tmp_path):
         ({"mlflow_port": 80}, "mlflow_port=80 is not a port number between 1024 and 65533"),
         (
             {"services": ("mlflow", "grafana")},
-            r"unknown service\(s\) \['grafana'\]; valid: mlflow, ray, model-server, prometheus, airflow",
+            r"unknown service\(s\) \['grafana'\]; valid: mlflow, ray, model-server, prometheus, pushgateway, airflow",
         ),
     ],
 )
