@@ -259,10 +259,9 @@ class ClosedLoop:
         run_id = self._tick("monitoring_pipeline", conf, f"drift check of the {what}")
         summary = self._xcom("monitoring_pipeline", run_id, "detect_drift")
         self.drift.append({"what": what, "run_id": run_id, **summary})
-        top = sorted(summary.get("scores", {}).items(), key=lambda kv: kv[1])[:3]
         self._say(
-            f"  drift share {summary['drift_share']:.2f}, detected={summary['detected']}, "
-            f"drifted {summary['drifted_features']}; lowest p-values {top}"
+            f"  v{summary['version']}: drift share {summary['drift_share']:.2f}, detected={summary['detected']}, "
+            f"drifted features {summary['drifted_features']}"
         )
         return summary
 
