@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -9,6 +10,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -25,6 +27,13 @@ BIN = Path(sys.executable).parent
 #: Airflow components in start order; supervisord stops them in reverse (scheduler first).
 AIRFLOW_COMPONENTS = ("api-server", "dag-processor", "triggerer", "scheduler")
 ALL_SERVICES = ("mlflow", "ray", "model-server", "prometheus", "pushgateway", "airflow")
+#: SQLite metadata DB: four Airflow components and the REST API write to one file; wait up to 30 s for
+#: a lock (the default 5 s made REST writes fail with "database is locked" while a DAG ran)
+SQLITE_CONNECT_ARGS = {"timeout": 30}
+SQLITE_AIRFLOW_ENV = {
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": f"{__name__}.SQLITE_CONNECT_ARGS",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": f"{__name__}.SQLITE_CONNECT_ARGS",
+}
 #: set for every supervised process (and so its children): how `down` finds what is left
 MARKER = "MLPLAT_SUPERVISED_HOME"
 
@@ -183,6 +192,7 @@ class Platform:
             "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__API_AUTH__JWT_SECRET": sec["airflow_jwt_secret"],
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": s.airflow_db_url or f"sqlite:///{home / 'airflow.db'}",
+            **({} if s.airflow_db_url else SQLITE_AIRFLOW_ENV),
             # new DAG files show up within 30 s instead of the default 5 minutes
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
@@ -505,6 +515,9 @@ class Platform:
         rpc = self.rpc()
         if "airflow" in self.settings.services:
             self._airflow_cli("db", "migrate")
+            if not self.settings.airflow_db_url:
+                with contextlib.closing(sqlite3.connect(self.home / "airflow" / "airflow.db")) as db:
+                    db.execute("PRAGMA journal_mode=WAL")  # persistent: readers stop blocking writers
             for svc in self.services():
                 if rpc.getProcessInfo(svc.name)["statename"] not in ("RUNNING", "STARTING"):
                     rpc.startProcess(svc.name, False)

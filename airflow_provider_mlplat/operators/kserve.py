@@ -314,7 +314,7 @@ class KServeRolloutOperator(BaseOperator):
 
         mlflow = MLflowHook(self.mlflow_conn_id)
         client = mlflow.get_conn()
-        with mlflow.credentials():
+        with mlflow.fluent():  # models:/ URIs (the input example) resolve against this registry
             try:
                 if self.model_version is not None:
                     found = client.get_model_version(self.model_name, str(self.model_version))
