@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any
 
 from airflow.sdk import AssetAlias, BaseOperator
 
@@ -384,11 +384,31 @@ class KServeRolloutOperator(BaseOperator):
         )
         with self._rollback_on_error(context, plan):
             expect = target.stage(name, model, current, plan["origin"], self.strategy == "direct")
-        self._wait(plan, "stage", expect)
+        return self._wait(context, plan, "stage", expect)
 
-    def _wait(self, plan: dict[str, Any], phase: str, expect: dict[str, Any], hold: float = 0) -> NoReturn:
+    def _wait(
+        self, context: Any, plan: dict[str, Any], phase: str, expect: dict[str, Any], hold: float = 0
+    ) -> dict[str, Any]:
+        """
+        Wait for a step's expected state: go on at once when it is already there and nothing is to
+        be held, else defer to the trigger. (Deferring for a wait that is already over races with
+        Airflow 3.3's scheduler: a trigger that fires before the scheduler drains the deferring
+        process's exit event gets the resumed task failed, apache/airflow#72716.)
+        """
+        import asyncio
+
         from airflow_provider_mlplat.triggers.kserve import KServeInferenceServiceReadyTrigger
 
+        if not hold:
+            state, detail = asyncio.run(make_target(plan["target"]).readiness(plan["deployment"], expect))
+            if state == "ready":
+                event = {
+                    "status": "ready",
+                    "detail": detail,
+                    "waited": 0,
+                    "carry": {"plan": plan, "phase": phase},
+                }
+                return self.execute_complete(context, event)
         trigger = KServeInferenceServiceReadyTrigger(
             target=plan["target"],
             name=plan["deployment"],
@@ -427,23 +447,25 @@ class KServeRolloutOperator(BaseOperator):
                 raise RolloutFailed(f"{what} of {plan['deployment']} {event['status']}: {event['detail']}")
             if phase == "stage":
                 entry["smoke"] = self._smoke(plan, target)
-                return self._next(plan, target, 0)
+                return self._next(context, plan, target, 0)
             if phase == "step":
                 self._analyze(plan, target, entry)
-                return self._next(plan, target, plan["step"] + 1)
+                return self._next(context, plan, target, plan["step"] + 1)
         return self._finish(context, plan, target, "promoted")
 
-    def _next(self, plan: dict[str, Any], target: RolloutTarget, index: int) -> NoReturn:
+    def _next(self, context: Any, plan: dict[str, Any], target: RolloutTarget, index: int) -> dict[str, Any]:
         model = ModelVersionRef(**plan["model"])
         percent = plan["steps"][index]
         if percent == 100:
             self.log.info("promoting %s v%s", model.model_name, model.version)
-            self._wait(plan, "promote", target.promote(plan["deployment"], model, plan["stable"]))
+            return self._wait(
+                context, plan, "promote", target.promote(plan["deployment"], model, plan["stable"])
+            )
         plan["step"] = index
         expect = target.shift(plan["deployment"], model, plan["stable"], percent)
         hold = plan["analysis"]["window_seconds"] if plan["analysis"] else 0
         self.log.info("canary at %s%%; holding %.0f s for analysis", percent, hold)
-        self._wait(plan, "step", expect, hold)
+        return self._wait(context, plan, "step", expect, hold)
 
     def _smoke(self, plan: dict[str, Any], target: RolloutTarget) -> dict[str, Any]:
         rows = plan["smoke_rows"]

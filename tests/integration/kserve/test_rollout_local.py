@@ -99,14 +99,20 @@ def test_on_kill_during_a_canary_sends_traffic_back_to_stable(serving, register)
     model, (good, new) = register("good", "good")
     name = deploy_stable(serving, model, good)
     operator = KServeRolloutOperator(
-        task_id="rollout", model_name=model, model_version=new, skip_analysis=True, poll_interval=0.2
+        task_id="rollout",
+        model_name=model,
+        model_version=new,
+        analysis={"window_seconds": 60},
+        poll_interval=0.2,
     )
     context = {"ti": type("TI", (), {"dag_id": "d", "run_id": "r", "task_id": "rollout", "map_index": -1})()}
-    with pytest.raises(TaskDeferred) as staged:
+    with pytest.raises(TaskDeferred) as deferred:
         operator.execute(context)
-    event = {"status": "ready", "detail": "", "waited": 0.1, "carry": staged.value.trigger.carry}
-    with pytest.raises(TaskDeferred):  # smoke passed, traffic shifted to 10%, waiting again
-        operator.execute_complete(context, event=event)
+    if deferred.value.trigger.carry["phase"] == "stage":  # still loading: resume as the trigger would
+        event = {"status": "ready", "detail": "", "waited": 0.1, "carry": deferred.value.trigger.carry}
+        with pytest.raises(TaskDeferred) as deferred:
+            operator.execute_complete(context, event=event)
+    assert deferred.value.trigger.carry["phase"] == "step"  # smoke passed, 10%, holding for analysis
     assert (deployment(serving, name)["canary"], deployment(serving, name)["canary_percent"]) == (new, 10)
 
     operator.on_kill()
