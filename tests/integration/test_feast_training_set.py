@@ -12,20 +12,11 @@ from airflow_provider_mlplat.exceptions import MLPlatConfigError, MLPlatValidati
 from airflow_provider_mlplat.operators.feast import FeastHistoricalFeaturesOperator
 from tests.conftest import set_connection
 from tests.feast_support import HOUR, T0, json_roundtrip, rides_repo, task_context
+from tests.training_support import FEATURES as TRAINING_FEATURES
 
 pytestmark = pytest.mark.integration
 
-FEATURES = [
-    "conv_rate",
-    "acc_rate",
-    "avg_daily_trips",
-    "avg_speed_kmh",
-    "cancel_rate",
-    "rating",
-    "tenure_days",
-    "expected_trip_minutes",
-    "is_long_trip",
-]
+FEATURES = TRAINING_FEATURES[1:]  # the service's features: all but the request data (trip_distance_km)
 
 
 def training_set(**kwargs):
