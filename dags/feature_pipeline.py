@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
 from airflow_provider_mlplat.assets import feast_feature_view_asset
 from airflow_provider_mlplat.operators.feast import FeastApplyOperator, FeastMaterializeOperator
@@ -29,7 +29,8 @@ INCLUDE = Path(__file__).resolve().parents[1] / "include"
 
 
 @dag(
-    schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
+    # on the hour, for the hour that ended; unpausing does not start a run for a missed hour
+    schedule=CronTriggerTimetable("0 * * * *", timezone="UTC", interval=timedelta(hours=1)),
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,

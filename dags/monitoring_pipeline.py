@@ -15,16 +15,18 @@ Params (for a manual run): `window_start` / `window_end` (ISO 8601; default: the
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import CronDataIntervalTimetable, Param, dag
+from airflow.sdk import CronTriggerTimetable, Param, dag
+
 from airflow_provider_mlplat.operators.evidently import EvidentlyDriftOperator
 
 MODEL = "trip_completion"
 
 
 @dag(
-    schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
+    # on the hour, for the hour that ended; unpausing does not start a run for a missed hour
+    schedule=CronTriggerTimetable("0 * * * *", timezone="UTC", interval=timedelta(hours=1)),
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
