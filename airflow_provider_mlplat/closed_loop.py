@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 MODEL = "trip_completion"
 DEPLOYMENT = "trip-completion"
 FEATURE_SERVICE = "trip_completion_v1"
-#: the DAGs the loop runs on, in order; the time-scheduled ones are paused again after the demo's run
+#: the DAGs the loop runs on, in order
 LOOP_DAGS = ("feature_pipeline", "training_pipeline", "deployment_pipeline", "monitoring_pipeline")
+#: the hourly ones (created paused): unpaused only while the demo needs them, so no hour passing
+#: during the demo adds runs of its own
 CLOCK_DAGS = ("feature_pipeline", "monitoring_pipeline")
 
 
@@ -36,7 +38,8 @@ class LoopSettings:
     :param drift_magnitude: strength of the shift (``include/datagen.py``).
     :param phase_seconds: seconds of traffic in each phase (normal, drifted).
     :param requests_per_second: traffic rate of the simulated clients.
-    :param canary_analysis: thresholds of the asset-triggered canary (Variable ``mlplat_canary_analysis``).
+    :param canary_analysis: thresholds of the asset-triggered canary (Variable ``mlplat_canary_analysis``):
+        short windows, and a 50 ms p99 floor (latency noise on a busy laptop is not a regression).
     :param stage_timeout: seconds any one stage may take.
     """
 
@@ -45,7 +48,9 @@ class LoopSettings:
     drift_magnitude: float = 0.8
     phase_seconds: float = 20.0
     requests_per_second: float = 25.0
-    canary_analysis: dict[str, Any] = field(default_factory=lambda: {"window_seconds": 10, "min_requests": 5})
+    canary_analysis: dict[str, Any] = field(
+        default_factory=lambda: {"window_seconds": 10, "min_requests": 5, "p99_floor_seconds": 0.05}
+    )
     stage_timeout: float = 900.0
 
 
@@ -125,6 +130,7 @@ class ClosedLoop:
         self.platform, self.api, self.settings, self.echo = platform, api, settings, echo
         self.connections = platform.connections()
         self.timeline: list[dict[str, Any]] = []
+        self.seen: dict[str, set[str]] = {}
         self.drift: list[dict[str, Any]] = []
         self.started = time.monotonic()
         server = self.connections["kserve_default"]["host"]
@@ -142,7 +148,7 @@ class ClosedLoop:
         self.api.set_variable("mlplat_canary_analysis", s.canary_analysis)
         for dag_id in LOOP_DAGS:
             self.api.wait_for_dag(dag_id)
-            self.api.set_paused(dag_id, dag_id in CLOCK_DAGS)
+            self.api.set_paused(dag_id, dag_id in CLOCK_DAGS)  # the hourly ones stay paused
         try:
             return self._stages()
         finally:
@@ -152,13 +158,14 @@ class ClosedLoop:
 
     def _stages(self) -> dict[str, Any]:
         s = self.settings
-        seen = {dag_id: set(self.api.run_ids(dag_id)) for dag_id in LOOP_DAGS}
-        self._tick("feature_pipeline", {}, "features materialized")
-        first = self._follow(seen, "training_pipeline", "trained on the features")
+        self.seen = {dag_id: set(self.api.run_ids(dag_id)) for dag_id in LOOP_DAGS}
+        self._clock("feature_pipeline", "the last hour's features materialized")
+        first = self._follow("training_pipeline", "trained on the features")
         v1 = self._xcom("training_pipeline", first, "promote")
         if v1["decision"] != "promoted":
             raise MLPlatError(f"the first model was not promoted: {v1['reasons']}")
-        self._follow(seen, "deployment_pipeline", f"v{v1['version']} rolled out")
+        self._follow("deployment_pipeline", f"v{v1['version']} rolled out")
+        self._clock("monitoring_pipeline", "drift check of the last hour (no traffic yet: skipped)")
 
         now = datetime.now(UTC)
         normal = self._trips(now - timedelta(hours=s.drift_hours + 24), 24)  # hours the shift leaves alone
@@ -176,11 +183,11 @@ class ClosedLoop:
         monitoring = self._check_drift(window, "drifted traffic")
         if not monitoring["detected"]:
             raise MLPlatError(f"drift was not detected in the drifted traffic: {monitoring}")
-        retrain = self._follow(seen, "training_pipeline", "retrained on drift")
+        retrain = self._follow("training_pipeline", "retrained on drift")
         v2 = self._xcom("training_pipeline", retrain, "promote")
         if v2["decision"] != "promoted":
             raise MLPlatError(f"the retrained model was not promoted: {v2['reasons']}")
-        rollout = self._follow(seen, "deployment_pipeline", f"v{v2['version']} rolled out")
+        rollout = self._follow("deployment_pipeline", f"v{v2['version']} rolled out")
         self.traffic.stop()
         return {
             "timeline": self.timeline,
@@ -193,25 +200,34 @@ class ClosedLoop:
 
     # -- stages ---------------------------------------------------------------------------------
 
+    def _clock(self, dag_id: str, what: str) -> str:
+        """Unpause an hourly DAG: its run for the hour that ended starts at once; wait for it, pause again."""
+        self.api.set_paused(dag_id, False)
+        try:
+            return self._follow(dag_id, what)
+        finally:
+            self.api.set_paused(dag_id, True)
+
     def _tick(self, dag_id: str, conf: dict[str, Any], what: str) -> str:
-        """Start one run of a time-scheduled DAG now (the demo's clock) and wait for it."""
+        """Start one run of an hourly DAG now, with its own window (the demo's clock), and wait for it."""
         try:
             run_id = self.api.trigger(dag_id, conf)  # unpauses it for this run
+            self.seen[dag_id].add(run_id)
             return self._record(
                 dag_id, self.api.wait_for_run(dag_id, run_id, self.settings.stage_timeout), what
             )
         finally:
             self.api.set_paused(dag_id, True)
 
-    def _follow(self, seen: dict[str, set[str]], dag_id: str, what: str) -> str:
-        """Wait for the next run of an asset-scheduled DAG (not started by the demo) and its end."""
+    def _follow(self, dag_id: str, what: str) -> str:
+        """Wait for the next run of a DAG that the demo did not start, and for its end."""
         deadline = time.monotonic() + self.settings.stage_timeout
-        while not (new := [r for r in self.api.run_ids(dag_id) if r not in seen[dag_id]]):
+        while not (new := [r for r in self.api.run_ids(dag_id) if r not in self.seen[dag_id]]):
             if time.monotonic() > deadline:
                 raise MLPlatError(f"no {dag_id} run started within {self.settings.stage_timeout:.0f} s")
             time.sleep(0.5)
         run_id = sorted(new)[0]
-        seen[dag_id].add(run_id)
+        self.seen[dag_id].add(run_id)
         return self._record(dag_id, self.api.wait_for_run(dag_id, run_id, self.settings.stage_timeout), what)
 
     def _record(self, dag_id: str, run: dict[str, Any], what: str) -> str:

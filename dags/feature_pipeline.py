@@ -33,6 +33,7 @@ INCLUDE = Path(__file__).resolve().parents[1] / "include"
     schedule=CronTriggerTimetable("0 * * * *", timezone="UTC", interval=timedelta(hours=1)),
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
+    is_paused_upon_creation=True,  # hourly work starts when you unpause it (`mlplat demo` drives it)
     max_active_runs=1,
     tags=["mlplat", "features"],
     default_args={"owner": "mlplat", "retries": 0},

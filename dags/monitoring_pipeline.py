@@ -29,6 +29,7 @@ MODEL = "trip_completion"
     schedule=CronTriggerTimetable("0 * * * *", timezone="UTC", interval=timedelta(hours=1)),
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
+    is_paused_upon_creation=True,  # hourly work starts when you unpause it (`mlplat demo` drives it)
     max_active_runs=1,
     tags=["mlplat", "monitoring"],
     default_args={"owner": "mlplat", "retries": 1},

@@ -33,11 +33,12 @@ def test_the_loop_closes_with_no_manual_step_after_the_feature_run(tmp_path):
 
     timeline = report["timeline"]
     assert [(e["dag_id"], e["run_type"]) for e in timeline] == [
-        ("feature_pipeline", "manual"),  # the demo's one manual step (the hourly clock)
+        ("feature_pipeline", "scheduled"),  # unpaused: its run of the hour that ended
         ("training_pipeline", "asset_triggered"),
         ("deployment_pipeline", "asset_triggered"),
-        ("monitoring_pipeline", "manual"),  # the clock again: normal traffic
-        ("monitoring_pipeline", "manual"),  # drifted traffic
+        ("monitoring_pipeline", "scheduled"),  # unpaused: the last hour, no traffic yet
+        ("monitoring_pipeline", "manual"),  # the demo's clock: the normal traffic's window
+        ("monitoring_pipeline", "manual"),  # the drifted traffic's window
         ("training_pipeline", "asset_triggered"),
         ("deployment_pipeline", "asset_triggered"),
     ]
@@ -47,8 +48,8 @@ def test_the_loop_closes_with_no_manual_step_after_the_feature_run(tmp_path):
         assert after["start_date"] >= before["end_date"], (before, after)
     assert timeline[1]["triggered_by"] == ["feast://rides/driver_hourly_stats"]
     assert timeline[2]["triggered_by"] == ["mlflow://models/trip_completion"]
-    assert timeline[5]["triggered_by"] == ["drift://models/trip_completion"]
-    assert timeline[6]["triggered_by"] == ["mlflow://models/trip_completion"]
+    assert timeline[6]["triggered_by"] == ["drift://models/trip_completion"]
+    assert timeline[7]["triggered_by"] == ["mlflow://models/trip_completion"]
     assert len(api_runs["training_pipeline"]) == 2 and len(api_runs["deployment_pipeline"]) == 2
 
     first, retrained = report["versions"]["first"], report["versions"]["retrained"]
