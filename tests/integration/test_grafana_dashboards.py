@@ -13,7 +13,7 @@ import pytest
 
 from airflow_provider_mlplat.exceptions import MLPlatServiceUnavailable
 from airflow_provider_mlplat.hooks.prometheus import PrometheusHook
-from airflow_provider_mlplat.operators.evidently import EvidentlyDriftOperator
+from airflow_provider_mlplat.operators.evidently import PUSH_JOB, drift_samples
 from tests.conftest import REPO, set_connection, unavailable
 from tests.services import running_platform
 
@@ -109,10 +109,9 @@ def test_every_panel_query_parses_and_returns_series(platform):
         "detected": True,
         "scores": {"conv_rate": 0.001, "acc_rate": 0.4},
     }
-    # the drift metrics exactly as the operator pushes them
-    operator = EvidentlyDriftOperator(task_id="drift", prometheus_conn_id="prometheus_grafana")
-    assert operator._push(summary) is not None
     prometheus = PrometheusHook("prometheus_grafana")
+    # the drift metrics exactly as the operator pushes them
+    assert prometheus.push(PUSH_JOB, {"model": platform["model"]}, drift_samples(summary)) is not None
     stop = threading.Event()
     sender = threading.Thread(target=traffic, args=(platform["url"], platform["deployment"], stop))
     sender.start()
