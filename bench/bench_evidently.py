@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 from tests.services import running_platform
 
-ROWS, FEATURES, ROUNDS = 100_000, 20, 3
+ROWS, FEATURES, ROUNDS = 100_000, 20, 5
 WINDOW = (datetime(2026, 5, 1, tzinfo=UTC), datetime(2026, 5, 2, tzinfo=UTC))
 MODEL = "bench_drift"
 

@@ -186,6 +186,13 @@ class EvidentlyDriftOperator(BaseOperator):
                 bounds = f"{'(' if low_open else '['}{low}, {high}]"
                 raise MLPlatConfigError(f"{name}={value!r} must be a number in {bounds}")
 
+        for name in ("method", "per_column_method", "per_column_threshold"):
+            value = getattr(self, name)
+            expected = str if name == "method" else Mapping
+            if value is not None and not isinstance(value, expected):
+                raise MLPlatConfigError(
+                    f"{name}={value!r} must be {'a method name' if name == 'method' else 'a mapping'}"
+                )
         number("drift_share", self.drift_share, 0, 1, low_open=True)
         if self.threshold is not None:
             number("threshold", self.threshold, 0, math.inf)
@@ -201,13 +208,6 @@ class EvidentlyDriftOperator(BaseOperator):
             or not all(isinstance(c, str) and c for c in self.columns)
         ):
             raise MLPlatConfigError(f"columns={self.columns!r} must be a non-empty list of column names")
-        for name in ("method", "per_column_method", "per_column_threshold"):
-            value = getattr(self, name)
-            expected = str if name == "method" else Mapping
-            if value is not None and not isinstance(value, expected):
-                raise MLPlatConfigError(
-                    f"{name}={value!r} must be {'a method name' if name == 'method' else 'a mapping'}"
-                )
 
     def _features(self, reference: pd.DataFrame, current: pd.DataFrame, training_set: str) -> list[str]:
         from airflow_provider_mlplat.serving.inference_log import RECORD_FIELDS

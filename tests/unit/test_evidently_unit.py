@@ -33,6 +33,7 @@ def check(**kwargs) -> tuple[datetime, datetime]:
         ({"columns": []}, r"columns=\[\] must be a non-empty list"),
         ({"method": 3}, r"method=3 must be a method name"),
         ({"per_column_method": ["ks"]}, r"per_column_method=\['ks'\] must be a mapping"),
+        ({"per_column_threshold": [0.1]}, r"per_column_threshold=\[0.1\] must be a mapping"),
         ({"window_start": "yesterday"}, r"window_start='yesterday' is not an ISO 8601 time"),
         (
             {"window_start": "2026-01-02T00:00:00+00:00"},
