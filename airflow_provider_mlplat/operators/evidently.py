@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_mlplat.hooks.evidently import DriftResult
+    from airflow_provider_mlplat.hooks.prometheus import PrometheusHook, Sample
 
 #: the AssetAlias a drift check adds ``drift://models/<name>`` events to, only when drift was detected
 DRIFT_EVENTS = AssetAlias("mlplat-drift")
@@ -27,6 +28,32 @@ TRAINING_SET_TAG = "mlplat.training_set.uri"
 NON_FEATURES = ("driver_id", "event_timestamp", "created", "completed")
 #: the Pushgateway job the drift metrics are grouped under (with the model name)
 PUSH_JOB = "mlplat_drift"
+
+
+def drift_samples(summary: Mapping[str, Any]) -> list[Sample]:
+    """
+    The gauges a drift check pushes: ``mlplat_drift_share``, ``mlplat_drift_detected`` and one
+    ``mlplat_drift_score`` per feature, labelled with model and deployment (and feature).
+
+    :param summary: the operator's summary (``model_name``, ``deployment``, ``drift_share``,
+        ``detected``, ``scores``).
+    """
+    from airflow_provider_mlplat.hooks.prometheus import Sample
+
+    labels = {"model": summary["model_name"], "deployment": summary["deployment"]}
+    return [
+        Sample("mlplat_drift_share", "Share of a model's features that drifted", summary["drift_share"], labels),
+        Sample("mlplat_drift_detected", "1 when dataset drift was detected", float(summary["detected"]), labels),
+        *(
+            Sample(
+                "mlplat_drift_score",
+                "Drift score per feature (p-value or distance, by the feature's method)",
+                math.nan if score is None else score,
+                {**labels, "feature": feature},
+            )
+            for feature, score in summary["scores"].items()
+        ),
+    ]  # fmt: skip
 
 
 def _instant(name: str, value: Any) -> datetime:
@@ -159,6 +186,13 @@ class EvidentlyDriftOperator(BaseOperator):
                 bounds = f"{'(' if low_open else '['}{low}, {high}]"
                 raise MLPlatConfigError(f"{name}={value!r} must be a number in {bounds}")
 
+        for name in ("method", "per_column_method", "per_column_threshold"):
+            value = getattr(self, name)
+            expected = str if name == "method" else Mapping
+            if value is not None and not isinstance(value, expected):
+                raise MLPlatConfigError(
+                    f"{name}={value!r} must be {'a method name' if name == 'method' else 'a mapping'}"
+                )
         number("drift_share", self.drift_share, 0, 1, low_open=True)
         if self.threshold is not None:
             number("threshold", self.threshold, 0, math.inf)
@@ -174,13 +208,6 @@ class EvidentlyDriftOperator(BaseOperator):
             or not all(isinstance(c, str) and c for c in self.columns)
         ):
             raise MLPlatConfigError(f"columns={self.columns!r} must be a non-empty list of column names")
-        for name in ("method", "per_column_method", "per_column_threshold"):
-            value = getattr(self, name)
-            expected = str if name == "method" else Mapping
-            if value is not None and not isinstance(value, expected):
-                raise MLPlatConfigError(
-                    f"{name}={value!r} must be {'a method name' if name == 'method' else 'a mapping'}"
-                )
 
     def _features(self, reference: pd.DataFrame, current: pd.DataFrame, training_set: str) -> list[str]:
         from airflow_provider_mlplat.serving.inference_log import RECORD_FIELDS
@@ -223,6 +250,7 @@ class EvidentlyDriftOperator(BaseOperator):
         asset = drift_asset(self.model_name)  # validates the name before anything is read
         deployment = deployment_name(self.model_name, self.deployment_name)
         log_root = KServeHook(self.kserve_conn_id).inference_log
+        prometheus = self._pushgateway()
 
         current = read_inference_log(log_root, deployment, start, end)
         current = current[(current["status_code"] == 200) & (current["model_name"] == self.model_name)]
@@ -236,9 +264,7 @@ class EvidentlyDriftOperator(BaseOperator):
         # the version that served most rows; on a tie the newest
         version = str(self.model_version or max(served.index, key=lambda v: (served[v], int(v))))
 
-        mlflow = MLflowHook(self.mlflow_conn_id)
-        with mlflow.credentials():
-            found = mlflow.model_version(self.model_name, version)
+        found = MLflowHook(self.mlflow_conn_id).model_version(self.model_name, version)
         training_set = (found.tags or {}).get(TRAINING_SET_TAG)
         if not training_set:
             raise MLPlatConfigError(
@@ -281,7 +307,11 @@ class EvidentlyDriftOperator(BaseOperator):
             "thresholds": result.thresholds,
         }
         summary.update(self._save(context, result, summary))
-        summary["pushed_to"] = self._push(summary)
+        summary["pushed_to"] = (
+            prometheus.push(PUSH_JOB, {"model": self.model_name}, drift_samples(summary))
+            if prometheus
+            else None
+        )
         self.log.info(
             "drift %s: share %.3f (threshold %s), drifted %s, report %s",
             "DETECTED" if result.detected else "not detected",
@@ -317,29 +347,17 @@ class EvidentlyDriftOperator(BaseOperator):
         EvidentlyReportLink.persist(context, str(report))
         return uris
 
-    def _push(self, summary: dict[str, Any]) -> str | None:
-        """Push share, scores and verdict to the Pushgateway; None when none is configured."""
-        from airflow_provider_mlplat.hooks.prometheus import PrometheusHook, Sample
+    def _pushgateway(self) -> PrometheusHook | None:
+        """The Prometheus hook to push with (its connection read now, before any write); None: no push."""
+        from airflow_provider_mlplat.hooks.prometheus import PrometheusHook
 
         if self.prometheus_conn_id is None:
-            self.log.info("no prometheus_conn_id: drift metrics not pushed")
+            self.log.info("no prometheus_conn_id: drift metrics will not be pushed")
             return None
-        labels = {"model": summary["model_name"], "deployment": summary["deployment"]}
-        samples = [
-            Sample("mlplat_drift_share", "Share of a model's features that drifted", summary["drift_share"], labels),
-            Sample("mlplat_drift_detected", "1 when dataset drift was detected", float(summary["detected"]), labels),
-            *(
-                Sample(
-                    "mlplat_drift_score",
-                    "Drift score per feature (p-value or distance, by the feature's method)",
-                    math.nan if score is None else score,
-                    {**labels, "feature": feature},
-                )
-                for feature, score in summary["scores"].items()
-            ),
-        ]  # fmt: skip
         hook = PrometheusHook(self.prometheus_conn_id)
-        url = hook.push(PUSH_JOB, {"model": summary["model_name"]}, samples)
-        if url is None:
-            self.log.info("connection %r has no pushgateway_url: drift metrics not pushed", hook.conn_id)
-        return url
+        if hook.pushgateway_url is None:
+            self.log.info(
+                "connection %r has no pushgateway_url: drift metrics will not be pushed", hook.conn_id
+            )
+            return None
+        return hook

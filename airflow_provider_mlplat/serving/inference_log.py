@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import defaultdict, deque
 from datetime import UTC, datetime
@@ -102,6 +101,45 @@ class InferenceLogWriter:
             self.flush()
 
 
+def _read_day(path: Path) -> pd.DataFrame | None:
+    """One log file as a DataFrame (features flattened into columns); None when it holds no whole line."""
+    import pandas as pd
+
+    data = path.read_bytes()
+    data = data[: data.rfind(b"\n") + 1]  # a line still being written is left for the next read
+    if not data:
+        return None
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    try:
+        # Arrow's reader parses in C++ (~5x the json module plus a DataFrame built from dicts)
+        # timestamps parsed by Arrow too (ISO 8601, any offset, with or without fractions)
+        table = pj.read_json(
+            pa.BufferReader(data),
+            read_options=pj.ReadOptions(block_size=1 << 22),
+            parse_options=pj.ParseOptions(
+                explicit_schema=pa.schema([("timestamp", pa.timestamp("us", "UTC"))])
+            ),
+        )
+    except pa.ArrowInvalid:
+        # a field changed type between lines (e.g. a feature sent as a number, then as text): per line
+        import orjson
+
+        rows = []
+        for line in data.splitlines():
+            record = orjson.loads(line)
+            rows.append({**(record.pop("features", None) or {}), **record})
+        return pd.DataFrame(rows)
+    fields = table.column_names
+    if "features" in fields and pa.types.is_struct(table.schema.field("features").type):
+        table = table.flatten()
+    frame = table.to_pandas()
+    features = {c: c.removeprefix("features.") for c in frame.columns if c.startswith("features.")}
+    order = [*features, *(c for c in fields if c != "features")]
+    return frame[order].rename(columns=features)
+
+
 def read_inference_log(
     root: Path | str,
     deployment: str,
@@ -109,8 +147,8 @@ def read_inference_log(
     end: datetime | None = None,
 ) -> pd.DataFrame:
     """
-    The records of one deployment in ``[start, end)`` as a DataFrame: :data:`RECORD_FIELDS` plus one
-    column per feature. A line still being written (no trailing newline yet) is left for the next read.
+    The records of one deployment in ``[start, end)`` as a DataFrame: one column per feature, then
+    :data:`RECORD_FIELDS`. A line still being written (no trailing newline yet) is left for the next read.
 
     :param root: inference log folder.
     :param deployment: deployment (InferenceService) name.
@@ -119,22 +157,19 @@ def read_inference_log(
     """
     import pandas as pd
 
-    rows: list[dict[str, Any]] = []
     folder = Path(root) / deployment
     first, last = (
         (start.astimezone(UTC).date().isoformat() if start else ""),
         (end.astimezone(UTC).date().isoformat() if end else "9999"),
     )
-    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-        if not first <= path.stem <= last:
-            continue
-        text = path.read_text(encoding="utf-8")
-        for line in text[: text.rfind("\n") + 1].splitlines():
-            record = json.loads(line)
-            features = record.pop("features", None) or {}
-            rows.append({**features, **record})
-    frame = pd.DataFrame(rows, columns=None if rows else list(RECORD_FIELDS))
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+    days = [
+        _read_day(path)
+        for path in (sorted(folder.glob("*.jsonl")) if folder.is_dir() else [])
+        if first <= path.stem <= last
+    ]
+    days = [day for day in days if day is not None]
+    frame = pd.concat(days, ignore_index=True) if days else pd.DataFrame(columns=list(RECORD_FIELDS))
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
     if start is not None:
         frame = frame[frame["timestamp"] >= pd.Timestamp(start)]
     if end is not None:
