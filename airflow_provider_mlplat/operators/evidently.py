@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import AssetAlias, BaseOperator
@@ -12,6 +12,7 @@ from airflow.sdk import AssetAlias, BaseOperator
 from airflow_provider_mlplat.assets import drift_asset
 from airflow_provider_mlplat.exceptions import MLPlatConfigError
 from airflow_provider_mlplat.links.evidently import EvidentlyReportLink
+from airflow_provider_mlplat.times import as_utc
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,20 +55,6 @@ def drift_samples(summary: Mapping[str, Any]) -> list[Sample]:
             for feature, score in summary["scores"].items()
         ),
     ]  # fmt: skip
-
-
-def _instant(name: str, value: Any) -> datetime:
-    """A window bound as an aware datetime (naive values are UTC); a clear error when it is not a time."""
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            raise MLPlatConfigError(
-                f"{name}={value!r} is not an ISO 8601 time, e.g. 2026-01-01T10:00:00+00:00"
-            ) from None
-    if not isinstance(value, datetime):
-        raise MLPlatConfigError(f"{name}={value!r} must be a datetime or an ISO 8601 string")
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class EvidentlyDriftOperator(BaseOperator):
@@ -172,7 +159,7 @@ class EvidentlyDriftOperator(BaseOperator):
             raise MLPlatConfigError(
                 "no window to check: the run has no data interval; pass window_start and window_end"
             )
-        start, end = _instant("window_start", start), _instant("window_end", end)
+        start, end = as_utc("window_start", start), as_utc("window_end", end)
         if start >= end:
             raise MLPlatConfigError(
                 f"window_start {start.isoformat()} is not before window_end {end.isoformat()}"

@@ -11,7 +11,8 @@ from airflow.sdk import Asset, BaseOperator, Metadata
 from airflow_provider_mlplat.artifacts import read_dataframe, task_artifact_dir, write_parquet
 from airflow_provider_mlplat.assets import feast_feature_view_asset
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, MLPlatValidationFailed
-from airflow_provider_mlplat.hooks.feast import FeastHook, as_utc
+from airflow_provider_mlplat.hooks.feast import FeastHook
+from airflow_provider_mlplat.times import as_utc
 
 if TYPE_CHECKING:
     from datetime import datetime

@@ -10,7 +10,8 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from airflow_provider_mlplat.exceptions import MLPlatServiceUnavailable
-from airflow_provider_mlplat.hooks.feast import FeastHook, as_utc
+from airflow_provider_mlplat.hooks.feast import FeastHook
+from airflow_provider_mlplat.times import as_utc
 from airflow_provider_mlplat.triggers.feast import FeastFeatureFreshnessTrigger
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ def check(**kwargs) -> tuple[datetime, datetime]:
         ({"method": 3}, r"method=3 must be a method name"),
         ({"per_column_method": ["ks"]}, r"per_column_method=\['ks'\] must be a mapping"),
         ({"per_column_threshold": [0.1]}, r"per_column_threshold=\[0.1\] must be a mapping"),
-        ({"window_start": "yesterday"}, r"window_start='yesterday' is not an ISO 8601 time"),
+        ({"window_start": "yesterday"}, r"window_start='yesterday' is not a time: use ISO 8601"),
         (
             {"window_start": "2026-01-02T00:00:00+00:00"},
             r"window_start 2026-01-02T00:00:00\+00:00 is not before",

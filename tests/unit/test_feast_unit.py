@@ -12,10 +12,11 @@ import pendulum
 import pytest
 
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, MLPlatServiceUnavailable
-from airflow_provider_mlplat.hooks.feast import FeastHook, _same_but_meta, as_utc
+from airflow_provider_mlplat.hooks.feast import FeastHook, _same_but_meta
 from airflow_provider_mlplat.hooks.gx import GXHook, _exception_messages
 from airflow_provider_mlplat.operators.feast import FeastMaterializeOperator
 from airflow_provider_mlplat.sensors.feast import FeastFeatureFreshnessSensor
+from airflow_provider_mlplat.times import as_utc
 from airflow_provider_mlplat.triggers.feast import FeastFeatureFreshnessTrigger
 from include import datagen
 from tests.conftest import REPO, set_connection
