@@ -11,11 +11,11 @@ from tests.services import running_platform
 pytestmark = pytest.mark.e2e
 
 
-def test_the_loop_closes_with_no_manual_step_after_the_feature_run(tmp_path):
+def test_the_loop_closes_with_no_manual_step_after_the_feature_run(tmp_path, capsys):
     import httpx
 
     from airflow_provider_mlplat.closed_loop import ClosedLoop, LoopSettings
-    from airflow_provider_mlplat.demo import AirflowRestClient
+    from airflow_provider_mlplat.demo import AirflowRestClient, print_report
     from airflow_provider_mlplat.platform import ALL_SERVICES
 
     with running_platform(tmp_path / "home", ALL_SERVICES) as platform:
@@ -75,3 +75,9 @@ def test_the_loop_closes_with_no_manual_step_after_the_feature_run(tmp_path):
     answered = report["traffic"]["drifted"]
     assert {key.split()[0] for key in answered} == {f"v{first}", f"v{retrained}"}
     assert {key.split()[1] for key in answered} == {"200"}
+
+    print_report(report)  # what `mlplat demo` prints at the end
+    printed = capsys.readouterr().out
+    assert f"Model versions: v{first} (first champion) -> v{retrained} (after drift)" in printed
+    assert f"Serving trip-completion: v{retrained}" in printed and "10% -> 50% -> 100%" in printed
+    assert printed.count("monitoring_pipeline") == 3 and "Drift of the drifted traffic" in printed
