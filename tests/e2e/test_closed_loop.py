@@ -76,6 +76,7 @@ def test_the_loop_closes_with_no_manual_step_after_the_feature_run(tmp_path, cap
     assert {key.split()[0] for key in answered} == {f"v{first}", f"v{retrained}"}
     assert {key.split()[1] for key in answered} == {"200"}
 
+    capsys.readouterr()  # the loop's progress lines
     print_report(report)  # what `mlplat demo` prints at the end
     printed = capsys.readouterr().out
     assert f"Model versions: v{first} (first champion) -> v{retrained} (after drift)" in printed
