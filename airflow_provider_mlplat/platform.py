@@ -556,7 +556,7 @@ class Platform:
             try:
                 response = httpx.get(
                     svc.url + svc.health_path,
-                    timeout=3,
+                    timeout=10,  # Airflow's health reads its metadata DB: slow, not down, on a busy laptop
                     headers={"Authorization": f"Bearer {token}"} if svc.name == "ray" else None,
                 )
                 ok, detail = response.status_code == 200, f"HTTP {response.status_code}"
