@@ -196,8 +196,11 @@ def _table() -> Any:
 def _engine(location: str) -> Any:
     import sqlalchemy as sa
 
+    url = sa.make_url(location)
+    if url.drivername == "postgresql":  # SQLAlchemy 2.1's default driver is psycopg 3; psycopg2 is installed
+        url = url.set(drivername="postgresql+psycopg2")
     # hide_parameters: served features stay out of error messages; pre-ping: survive a restart
-    return sa.create_engine(location, json_serializer=_json, hide_parameters=True, pool_pre_ping=True)
+    return sa.create_engine(url, json_serializer=_json, hide_parameters=True, pool_pre_ping=True)
 
 
 class PostgresInferenceLogWriter(InferenceLogWriter):

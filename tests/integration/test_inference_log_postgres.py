@@ -85,6 +85,8 @@ def test_roundtrip_reads_the_window_start_included_end_excluded(postgres_url):
     assert frame["conv_rate"].tolist() == [0.2, 0.3, 0.4]
     assert frame["city"].tolist() == ["c2", "c3", "c0"]
     assert len(read_inference_log(postgres_url, "trips")) == 10
+    plain = postgres_url.replace("postgresql+psycopg2://", "postgresql://")  # psycopg2 too, not psycopg 3
+    assert plain.startswith("postgresql://") and len(read_inference_log(plain, "trips")) == 10
     assert read_inference_log(postgres_url, "other")["request_id"].tolist() == [
         "other-0",
         "other-1",
