@@ -73,7 +73,7 @@ CONNECTION_TYPES: dict[str, dict[str, Any]] = {
             "mlflow_artifacts_uri": _text(
                 "Storage URI behind MLflow's mlflow-artifacts:/ proxy (e.g. s3://...)"
             ),
-            "inference_log": _text("Inference log folder of the local model server"),
+            "inference_log": _text("Inference log of the local model server: folder or postgresql:// URL"),
         },
         "behaviour": {
             "hidden-fields": ["schema", "login", "password", "port", "extra"],

@@ -735,12 +735,15 @@ class KServeHook(MLPlatHook):
 
     @property
     def inference_log(self) -> str:
-        """The folder the local model server writes its inference log to (the ``inference_log`` extra)."""
+        """
+        Where the local model server writes its inference log (the ``inference_log`` extra): a folder
+        or a PostgreSQL URL, see :mod:`airflow_provider_mlplat.serving.inference_log`.
+        """
         root = self.extra("inference_log")
         if not root:
             raise MLPlatConfigError(
                 f"connection {self.conn_id!r} has no inference_log extra: set it to the model server's "
-                "inference log folder (mlplat up sets <home>/inference-log)"
+                "inference log folder or PostgreSQL URL (mlplat up sets <home>/inference-log)"
             )
         return root
 

@@ -90,7 +90,7 @@ class EvidentlyDriftOperator(BaseOperator):
     :param per_column_method: drift method per feature, over ``method``.
     :param per_column_threshold: drift threshold per feature, over ``threshold``.
     :param min_rows: fewer served rows in the window skip the task.
-    :param kserve_conn_id: ``kserve`` connection whose ``inference_log`` extra names the log folder.
+    :param kserve_conn_id: ``kserve`` connection whose ``inference_log`` extra names the log (folder or URL).
     :param mlflow_conn_id: ``mlflow`` connection.
     :param prometheus_conn_id: ``prometheus`` connection whose ``pushgateway_url`` extra receives the
         metrics (None, or no such extra: no push).
@@ -230,7 +230,7 @@ class EvidentlyDriftOperator(BaseOperator):
         from airflow_provider_mlplat.hooks.evidently import run_drift
         from airflow_provider_mlplat.hooks.kserve import KServeHook, deployment_name
         from airflow_provider_mlplat.hooks.mlflow import MLflowHook
-        from airflow_provider_mlplat.serving.inference_log import read_inference_log
+        from airflow_provider_mlplat.serving.inference_log import masked, read_inference_log
 
         self._validate()
         start, end = self._window(context)
@@ -246,7 +246,7 @@ class EvidentlyDriftOperator(BaseOperator):
         if len(current) < self.min_rows:
             raise AirflowSkipException(
                 f"{len(current)} served rows of {self.model_name} on deployment {deployment!r} in {window} "
-                f"(log {log_root}), fewer than min_rows={self.min_rows}: too little traffic for a drift verdict"
+                f"(log {masked(log_root)}), fewer than min_rows={self.min_rows}: too little traffic for a drift verdict"
             )
         # the version that served most rows; on a tie the newest
         version = str(self.model_version or max(served.index, key=lambda v: (served[v], int(v))))

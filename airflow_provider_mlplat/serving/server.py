@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
-from airflow_provider_mlplat.serving.inference_log import InferenceLogWriter
+from airflow_provider_mlplat.serving.inference_log import InferenceLogWriter, inference_log_writer
 from airflow_provider_mlplat.serving.models import MLflowModelRepository
 
 # a child of KServe's logger, which the server configures
@@ -33,7 +33,7 @@ class ServingConfig:
     :param host: address to bind (loopback by default).
     :param port: HTTP port.
     :param state_file: JSON file keeping the deployments across restarts (empty: not kept).
-    :param inference_log: folder of the inference log (empty: requests are not logged).
+    :param inference_log: inference log folder or PostgreSQL URL (empty: requests are not logged).
     :param log_flush_seconds: how often the inference log is written.
     :param grace_seconds: how long in-flight requests may finish on SIGTERM.
     :param access_log: log a line per request (KServe's timing trace and uvicorn's access log).
@@ -139,7 +139,7 @@ def build(config: ServingConfig) -> tuple[Any, MLflowModelRepository, InferenceL
     from kserve.protocol.rest.server import RESTServer
 
     writer = (
-        InferenceLogWriter(config.inference_log, config.log_flush_seconds) if config.inference_log else None
+        inference_log_writer(config.inference_log, config.log_flush_seconds) if config.inference_log else None
     )
     state_file = Path(config.state_file) if config.state_file else None
     repository = MLflowModelRepository(state_file, writer, config.fast_path)
