@@ -43,7 +43,7 @@ class AirflowRestClient:
                 timeout=30,
             )
             token.raise_for_status()
-            self._http = httpx.Client(
+            self._http = _retrying_client(
                 base_url=f"{self.base_url}/api/v2",
                 headers={"Authorization": f"Bearer {token.json()['access_token']}"},
                 timeout=30,
@@ -153,6 +153,33 @@ class AirflowRestClient:
         tis = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
         run["tasks"] = tis
         return run
+
+
+def _retrying_client(**kwargs: Any):
+    """
+    An httpx client that retries a request up to 4 times (1-8 s apart) on a transport error or a 5xx:
+    with the SQLite metadata DB, the API server answers 500 or not at all while a lock is held.
+
+    :param kwargs: ``httpx.Client`` arguments.
+    """
+    import httpx
+    import tenacity
+
+    class Client(httpx.Client):
+        @tenacity.retry(
+            retry=tenacity.retry_if_exception_type(httpx.TransportError)
+            | tenacity.retry_if_result(lambda response: response.status_code >= 500),
+            stop=tenacity.stop_after_attempt(4),
+            wait=tenacity.wait_exponential(min=1, max=8),
+            retry_error_callback=lambda state: (
+                state.outcome.result()
+            ),  # the last answer, for raise_for_status
+            reraise=True,
+        )
+        def send(self, request, **kw):
+            return super().send(request, **kw)
+
+    return Client(**kwargs)
 
 
 def run_demo(platform: Platform, loop: bool = True, settings: LoopSettings | None = None) -> int:

@@ -11,14 +11,16 @@ from tests.services import running_platform
 pytestmark = pytest.mark.e2e
 
 
-def test_the_loop_closes_with_no_manual_step_after_the_feature_run(tmp_path, capsys):
+def test_the_loop_closes_with_no_manual_step_after_the_feature_run(tmp_path, capsys, postgres_db_factory):
     import httpx
 
     from airflow_provider_mlplat.closed_loop import ClosedLoop, LoopSettings
     from airflow_provider_mlplat.demo import AirflowRestClient, print_report
     from airflow_provider_mlplat.platform import ALL_SERVICES
 
-    with running_platform(tmp_path / "home", ALL_SERVICES) as platform:
+    # Airflow on PostgreSQL, as in production: four components and the REST API write concurrently
+    db = postgres_db_factory()
+    with running_platform(tmp_path / "home", ALL_SERVICES, airflow_db_url=db) as platform:
         s = platform.settings
         api = AirflowRestClient(
             f"http://127.0.0.1:{s.airflow_port}", "admin", platform.secrets()["airflow_admin_password"]

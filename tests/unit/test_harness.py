@@ -39,3 +39,29 @@ def test_redis_fixture_gives_an_empty_database(redis_url):
     assert client.dbsize() == 0
     client.set("mlplat:harness", "1")
     assert client.get("mlplat:harness") == b"1"
+
+
+def test_the_demo_client_retries_5xx_and_transport_errors_then_gives_the_last_answer():
+    import httpx
+
+    from airflow_provider_mlplat.demo import _retrying_client
+
+    answers = iter([httpx.ConnectError("refused"), 500, 200])
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.path))
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return httpx.Response(answer, json={"n": len(seen)})
+
+    client = _retrying_client(base_url="http://airflow/api/v2", transport=httpx.MockTransport(handler))
+    response = client.post("/variables", json={"key": "k", "value": "1"})
+    assert response.status_code == 200 and response.json() == {"n": 3}
+    assert seen == [("POST", "/api/v2/variables")] * 3
+
+    always = _retrying_client(
+        base_url="http://airflow", transport=httpx.MockTransport(lambda r: httpx.Response(503))
+    )
+    assert always.get("/health").status_code == 503  # after 4 attempts, the last answer
