@@ -10,14 +10,18 @@ from pathlib import Path
 from airflow_provider_mlplat.closed_loop import ClosedLoop, LoopSettings
 from airflow_provider_mlplat.demo import AirflowRestClient
 from airflow_provider_mlplat.platform import ALL_SERVICES
-from tests.services import running_platform
+from tests.services import postgres_database, running_platform
 
 #: Airflow's share of each hop (asset event -> downstream run started) must stay under this
 HOP_TARGET_S = 5.0
 
 
 def run() -> str:
-    with tempfile.TemporaryDirectory() as home, running_platform(Path(home), ALL_SERVICES) as platform:
+    with (
+        tempfile.TemporaryDirectory() as home,
+        postgres_database() as db,
+        running_platform(Path(home), ALL_SERVICES, airflow_db_url=db) as platform,
+    ):
         s = platform.settings
         api = AirflowRestClient(
             f"http://127.0.0.1:{s.airflow_port}", "admin", platform.secrets()["airflow_admin_password"]
@@ -36,7 +40,7 @@ def run() -> str:
     lines = [
         "## Closed loop latency (issue 7)",
         "",
-        "One `ClosedLoop` run on a fresh local platform (all services, SQLite metadata, 2 cores): 60 h of "
+        "One `ClosedLoop` run on a fresh local platform (all services, Airflow on PostgreSQL, 2 cores): 60 h of "
         "raw data, feature run, training, rollout, 15 s of normal traffic + drift check, shifted data, "
         "15 s of drifted traffic + drift check, then Assets carry it to retraining and a canary rollout "
         "(10 -> 50 -> 100 %, 10 s Prometheus analysis per step) while traffic flows at 25 req/s.",
