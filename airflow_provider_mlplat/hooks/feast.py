@@ -105,7 +105,10 @@ class FeastHook(MLPlatHook):
         env: dict[str, str | None] = {DATA_DIR_ENV: str(self.data_dir)}
         engine = self.repo_config_dict().get("batch_engine") or {}
         if self.engine_type == "ray.engine":
-            env["RAY_USAGE_STATS_ENABLED"] = "0"
+            # A driver under `uv run` (`uv run airflow ...`, `uv run pytest`): Ray would start every
+            # worker as `uv run --no-sync python` in an uploaded copy of the working directory, whose
+            # fresh venv lacks ray: each worker dies at start, Ray Data's first ray.get waits forever.
+            env.update(RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
             if self.extra("ray_conn_id"):
                 token = self.get_connection(self.extra("ray_conn_id")).password
                 env.update(RAY_AUTH_MODE="token" if token else None, RAY_AUTH_TOKEN=token or None)
