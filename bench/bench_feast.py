@@ -153,7 +153,7 @@ def _profile(conn_id: str, ws: Path, start: datetime, end: datetime) -> tuple[di
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         total += int(n)
-        frames = {frame.split(" ", 1)[0] for frame in stack.split(";")}
+        frames = {frame.split(" ", 1)[0].rsplit(".", 1)[-1] for frame in stack.split(";")}
         for step, function in STEPS.items():
             if function in frames:
                 counts[step] += int(n)
