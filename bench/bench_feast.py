@@ -22,10 +22,10 @@ VIEW = "driver_hourly_stats"
 FEATURES = ("conv_rate", "acc_rate", "avg_daily_trips", "avg_speed_kmh", "cancel_rate")
 REDIS_DB = 14  # the tests use 15; flushed before every run and afterwards
 READS = 2000
-#: steps of a materialization, by the function whose frames they are (py-spy sample attribution)
+#: steps of a materialization, by the (qualified or plain) name of the function whose frames they are
 STEPS = {
     "window read + schema check (operator, before writing)": "window_rows",
-    "engine: read the window from parquet": "pull_latest_from_table_or_query",
+    "engine: read the window from parquet": "LocalSourceReadNode.execute",
     "engine: arrow -> protobuf rows": "_convert_arrow_to_proto",
     "engine: online store write": "online_write_batch",
     "read-back verification": "verify",
@@ -153,7 +153,8 @@ def _profile(conn_id: str, ws: Path, start: datetime, end: datetime) -> tuple[di
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         total += int(n)
-        frames = {frame.split(" ", 1)[0].rsplit(".", 1)[-1] for frame in stack.split(";")}
+        names = [frame.split(" ", 1)[0] for frame in stack.split(";")]
+        frames = {*names, *(name.rsplit(".", 1)[-1] for name in names)}
         for step, function in STEPS.items():
             if function in frames:
                 counts[step] += int(n)
@@ -264,7 +265,7 @@ def _section(
             "write (schema check, sample) and reading the sample back cost about 1% together.",
             "",
             f"Load average at the end: {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f} (2 cores shared with "
-            "other engineers' runs). Quick check on fewer rows: "
+            "other engineers' runs: one run per way, so the ratios move between runs with that load). Quick check on fewer rows: "
             "`uv run --frozen --no-sync python -m bench.bench_feast --rows 50000` (prints, writes nothing).",
         ]
     )
