@@ -43,8 +43,7 @@ lint: install
 	$(RUN) ruff format --check airflow_provider_mlplat dags
 
 test: lint
-	$(RUN) pytest -q -m "not isolated" $(PYTEST_ARGS)
-	$(RUN) pytest -q -m isolated $(PYTEST_ARGS)
+	$(RUN) pytest -q $(PYTEST_ARGS)
 
 unit: install
 	$(RUN) pytest -q tests/unit

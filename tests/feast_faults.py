@@ -16,12 +16,17 @@ class FlakySqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
     fail_flag: str
     #: "raise" a connection error, or "drop" the batch silently (a write that loses its rows)
     mode: Literal["raise", "drop"] = "raise"
+    #: write batches of this store instance that succeed before the flag is looked at
+    fail_after: int = 0
 
 
 class FlakySqliteOnlineStore(SqliteOnlineStore):
     """The SQLite online store, except for the one batch the fail flag selects."""
 
     def online_write_batch(self, config, table, data, progress):
+        self.batches = getattr(self, "batches", 0) + 1
+        if self.batches <= config.online_store.fail_after:
+            return super().online_write_batch(config, table, data, progress)
         try:
             os.unlink(config.online_store.fail_flag)
         except FileNotFoundError:

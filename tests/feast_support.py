@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -145,15 +146,23 @@ def json_roundtrip(value: Any) -> Any:
 
 
 def materialize_in_a_task_process(
-    start: datetime, end: datetime, timeout: float = 300, **kwargs: Any
+    start: datetime, end: datetime, timeout: float = 300, launcher: Sequence[str] = (), **kwargs: Any
 ) -> dict:
-    """FeastMaterializeOperator run by ``tests.feast_task`` in a fresh process; its JSON answer."""
+    """
+    FeastMaterializeOperator run by ``tests.feast_task`` in a fresh process; its JSON answer.
+
+    :param start: window start.
+    :param end: window end.
+    :param timeout: seconds the process may take.
+    :param launcher: command the process is started through (e.g. ``uv run``), as a worker may be.
+    :param kwargs: operator arguments.
+    """
     import os
     import sys
 
     args = json.dumps({"start": start.isoformat(), "end": end.isoformat(), "kwargs": kwargs})
     done = subprocess.run(
-        [sys.executable, "-m", "tests.feast_task", args],
+        [*launcher, sys.executable, "-m", "tests.feast_task", args],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,

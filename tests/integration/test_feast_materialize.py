@@ -184,6 +184,32 @@ def test_invalid_windows_and_settings_are_rejected(tmp_path):
         materialize_op(write_batch_size=0).execute(task_context("materialize", T0, T0 + HOUR))
 
 
+def test_a_failed_sqlite_write_batch_rolls_back_the_whole_window(tmp_path):
+    rides = rides_repo(tmp_path)
+    flag = rides.tmp / "fail-next-write"
+    store = {
+        "type": "tests.feast_faults.FlakySqliteOnlineStore",
+        "path": str(rides.tmp / "online.db"),
+        "fail_flag": str(flag),
+        "fail_after": 1,
+    }
+    feast_connection("feast_rollback", rides.tmp, online_store=store)
+    op = materialize_op(
+        feature_views=["driver_hourly_stats"],
+        write_batch_size=5,
+        feast_conn_id="feast_rollback",
+        outlets=[feast_feature_view_asset("rides", "driver_hourly_stats")],
+    )
+    flag.touch()
+    with pytest.raises(ConnectionError, match="injected: lost the connection while writing 5 rows"):
+        op.execute(task_context("materialize", T0, T0 + HOUR))
+    assert not flag.exists()  # the second batch failed, after the first was written
+    assert online_rows("feast_rollback", "driver_hourly_stats") == {}  # ... and rolled back
+    assert FeastHook("feast_rollback").watermark("driver_hourly_stats") is None
+    assert op.execute(task_context("materialize", T0, T0 + HOUR))["rows"] == DRIVERS
+    assert len(online_rows("feast_rollback", "driver_hourly_stats")) == DRIVERS
+
+
 def test_a_silently_lost_write_is_caught_and_the_window_not_recorded(tmp_path):
     rides = rides_repo(tmp_path)
     flag = rides.tmp / "fail-next-write"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from airflow_provider_mlplat.exceptions import MLPlatConfigError
 from airflow_provider_mlplat.hooks.feast import FeastHook
 from airflow_provider_mlplat.operators.feast import FeastMaterializeOperator
 from include import datagen
-from tests.conftest import REPO
+from tests.conftest import REPO, unavailable
 from tests.feast_support import (
     DRIVERS,
     HOUR,
@@ -25,17 +26,20 @@ from tests.feast_support import (
     task_context,
 )
 
-# Ray Data inside the Feast engine hangs in ray.get (from_arrow_refs) under CI=true, late in the full
-# session and also alone; without CI=true it passes alone. Until the cause is found it runs in its own
-# pytest process (`make test`), and is skipped under CI rather than hanging the run.
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.isolated,
-    pytest.mark.skipif(
-        os.environ.get("CI", "").lower() == "true",
-        reason="Feast Ray engine hangs in Ray Data's ray.get under CI=true (open, see issue 3)",
-    ),
-]
+pytestmark = pytest.mark.integration
+
+
+def uv_run() -> tuple[str, ...]:
+    """
+    ``uv run``, through which the task process starts, as a task of ``uv run airflow ...`` or of
+    ``uv run pytest`` does: Ray then rewrites a driver's runtime env to start its workers with
+    ``uv run`` (the provider turns that off; else every worker dies at start and the engine's
+    first ``ray.get`` waits forever).
+    """
+    uv = os.environ.get("UV") or shutil.which("uv")
+    if not uv:
+        unavailable("the uv binary is not on PATH")
+    return (uv, "run", "--frozen", "--no-sync")
 
 
 def ray_engine(cluster) -> dict:
@@ -59,7 +63,11 @@ def test_ray_engine_materializes_and_verifies_then_catches_a_swallowed_write_err
     feast_connection("feast_ray", tmp_path, batch_engine=ray_engine(ray_cluster), ray_conn_id="ray_default")
     assert FeastHook("feast_ray").engine_type == "ray.engine"
     answer = materialize_in_a_task_process(
-        hour - HOUR, hour, feast_conn_id="feast_ray", feature_views=["driver_hourly_stats"]
+        hour - HOUR,
+        hour,
+        launcher=uv_run(),
+        feast_conn_id="feast_ray",
+        feature_views=["driver_hourly_stats"],
     )
     assert answer.get("result", {}).get("rows") == DRIVERS, answer
     assert len(online_rows("feast_ray", "driver_hourly_stats")) == DRIVERS
