@@ -242,9 +242,9 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"\n  Timeline ({report['seconds']:.0f} s in all)")
     print(f"  {'DAG run':<22} {'state':<8} {'run':>7} {'sched':>6}  what")
     for entry in report["timeline"]:
-        delay = f"{entry['schedule_delay']:.1f}" if entry["schedule_delay"] is not None else "-"
+        delay = f"{entry['schedule_delay']:.1f}s" if entry["schedule_delay"] is not None else "-"
         print(
-            f"  {entry['dag_id']:<22} {entry['state']:<8} {entry['duration'] or 0:6.1f}s {delay:>5}s  {entry['what']}"
+            f"  {entry['dag_id']:<22} {entry['state']:<8} {entry['duration'] or 0:6.1f}s {delay:>6}  {entry['what']}"
         )
     versions = report["versions"]
     print(
