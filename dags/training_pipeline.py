@@ -130,20 +130,19 @@ def training_pipeline():
         startup_timeout=1800,  # on KubeRay: cluster creation and image pulls
         execution_timeout=timedelta(hours=3),
     )
+    on_the_holdout = {
+        "model_name": MODEL_NAME,
+        "holdout_uri": "{{ ti.xcom_pull(task_ids='holdout_split')['holdout_uri'] }}",
+        "label_column": "{{ params.label }}",
+    }
     evaluate = MLflowEvaluateOperator(
-        task_id="evaluate",
-        model_name=MODEL_NAME,
-        model_version="{{ ti.xcom_pull(task_ids='train')['version'] }}",
-        holdout_uri="{{ ti.xcom_pull(task_ids='holdout_split')['holdout_uri'] }}",
-        label_column="{{ params.label }}",
+        task_id="evaluate", model_version="{{ ti.xcom_pull(task_ids='train')['version'] }}", **on_the_holdout
     )
     evaluate_champion = MLflowEvaluateOperator(
         task_id="evaluate_champion",
-        model_name=MODEL_NAME,
         model_version="champion",
-        holdout_uri="{{ ti.xcom_pull(task_ids='holdout_split')['holdout_uri'] }}",
-        label_column="{{ params.label }}",
         skip_when_missing=True,  # the first model has no champion to compare with
+        **on_the_holdout,
     )
     promote = MLflowPromoteModelOperator(
         task_id="promote",

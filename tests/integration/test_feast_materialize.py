@@ -38,6 +38,23 @@ def materialize_op(**kwargs) -> FeastMaterializeOperator:
     return FeastMaterializeOperator(task_id="materialize", **kwargs)
 
 
+def flaky_store_op(rides, conn_id: str, flag, **fault) -> FeastMaterializeOperator:
+    """Materialize driver_hourly_stats in batches of 5 into a SQLite store that fails as ``fault`` says once ``flag`` exists."""
+    store = {
+        "type": "tests.feast_faults.FlakySqliteOnlineStore",
+        "path": str(rides.tmp / "online.db"),
+        "fail_flag": str(flag),
+        **fault,
+    }
+    feast_connection(conn_id, rides.tmp, online_store=store)
+    return materialize_op(
+        feature_views=["driver_hourly_stats"],
+        write_batch_size=5,
+        feast_conn_id=conn_id,
+        outlets=[feast_feature_view_asset("rides", "driver_hourly_stats")],
+    )
+
+
 def test_apply_creates_then_is_a_noop(tmp_path):
     datagen.generate(tmp_path / "data", T0, T0 + HOUR, drivers=5)
     feast_connection("feast_apply", tmp_path)
@@ -187,19 +204,7 @@ def test_invalid_windows_and_settings_are_rejected(tmp_path):
 def test_a_failed_sqlite_write_batch_rolls_back_the_whole_window(tmp_path):
     rides = rides_repo(tmp_path)
     flag = rides.tmp / "fail-next-write"
-    store = {
-        "type": "tests.feast_faults.FlakySqliteOnlineStore",
-        "path": str(rides.tmp / "online.db"),
-        "fail_flag": str(flag),
-        "fail_after": 1,
-    }
-    feast_connection("feast_rollback", rides.tmp, online_store=store)
-    op = materialize_op(
-        feature_views=["driver_hourly_stats"],
-        write_batch_size=5,
-        feast_conn_id="feast_rollback",
-        outlets=[feast_feature_view_asset("rides", "driver_hourly_stats")],
-    )
+    op = flaky_store_op(rides, "feast_rollback", flag, fail_after=1)
     flag.touch()
     with pytest.raises(ConnectionError, match="injected: lost the connection while writing 5 rows"):
         op.execute(task_context("materialize", T0, T0 + HOUR))
@@ -213,19 +218,7 @@ def test_a_failed_sqlite_write_batch_rolls_back_the_whole_window(tmp_path):
 def test_a_silently_lost_write_is_caught_and_the_window_not_recorded(tmp_path):
     rides = rides_repo(tmp_path)
     flag = rides.tmp / "fail-next-write"
-    store = {
-        "type": "tests.feast_faults.FlakySqliteOnlineStore",
-        "path": str(rides.tmp / "online.db"),
-        "fail_flag": str(flag),
-        "mode": "drop",
-    }
-    feast_connection("feast_flaky", rides.tmp, online_store=store)
-    op = materialize_op(
-        feature_views=["driver_hourly_stats"],
-        write_batch_size=5,
-        feast_conn_id="feast_flaky",
-        outlets=[feast_feature_view_asset("rides", "driver_hourly_stats")],
-    )
+    op = flaky_store_op(rides, "feast_flaky", flag, mode="drop")
     flag.touch()
     context = task_context("materialize", T0, T0 + HOUR)
     with pytest.raises(
