@@ -11,16 +11,24 @@ RUN := $(UV) run --frozen --no-sync
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 
+# two environments: the provider + local platform (uv workspace, ./.venv) and the model server
+# (its own lock, model_server/.venv: KServe's SDK pins psutil<6, Airflow 3.3 needs psutil>=6.1)
 install: uv system-deps
 	$(UV) sync --frozen
+	$(UV) sync --frozen --project model_server
 
-# Prometheus and its Pushgateway come from Debian; the serving and drift steps scrape and push.
+# Prometheus and its Pushgateway come from Debian; the serving and drift steps scrape and push. The
+# platform runs its own instances: a policy-rc.d (Debian's own mechanism) keeps the packages' system
+# services from starting, and an existing policy is left as it is.
 system-deps:
 	@if ! command -v prometheus >/dev/null || ! command -v prometheus-pushgateway >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    policy=/usr/sbin/policy-rc.d; own_policy=; \
+	    if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy && chmod +x $$policy && own_policy=1; fi; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	      prometheus prometheus-pushgateway >/dev/null; \
-	    for svc in prometheus prometheus-pushgateway; do pkill -f "^/usr/bin/$$svc" || true; done; \
+	      prometheus prometheus-pushgateway >/dev/null; status=$$?; \
+	    [ -n "$$own_policy" ] && rm -f $$policy; \
+	    [ $$status = 0 ] || exit $$status; \
 	  else \
 	    echo "install Debian's prometheus and prometheus-pushgateway (the platform runs its own instances)"; exit 1; \
 	  fi; \
@@ -40,9 +48,11 @@ down:
 
 lint: install
 	$(RUN) ruff check .
-	$(RUN) ruff format --check airflow_provider_mlplat dags
+	$(RUN) ruff format --check airflow_provider_mlplat dags local_platform/mlplat model_server
 
+# the model server's own tests run in its own environment
 test: lint
+	$(UV) run --frozen --no-sync --project model_server pytest -q model_server/tests
 	$(RUN) pytest -q $(PYTEST_ARGS)
 
 unit: install

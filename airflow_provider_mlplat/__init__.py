@@ -45,7 +45,7 @@ CONNECTION_TYPES: dict[str, dict[str, Any]] = {
         "behaviour": {"hidden-fields": ["host", "schema", "login", "password", "port", "extra"]},
     },
     "ray": {
-        "hook": "hooks.ray.RayHook",
+        "hook": "hooks.ray_target.RayConnectionHook",
         "name": "Ray cluster (Job Submission API) or KubeRay",
         "fields": {
             "kubernetes_conn_id": _text("Kubernetes connection id (set: run jobs as KubeRay RayJobs)"),
@@ -103,6 +103,7 @@ _MODULES: dict[str, list[str]] = {
         "hooks.gx",
         "hooks.ray",
         "hooks.kuberay",
+        "hooks.ray_target",
         "hooks.kserve",
         "hooks.prometheus",
         "hooks.evidently",

@@ -13,6 +13,10 @@ class MLPlatConfigError(MLPlatError):
     """A parameter, connection field or file is invalid; the message names it and what is valid."""
 
 
+class MLPlatMissingExtra(MLPlatConfigError):
+    """A task needs an SDK that the environment lacks; the message names the extra to install."""
+
+
 class MLPlatServiceUnavailable(MLPlatError):
     """A platform service (MLflow, Ray, Feast store, model server, ...) did not answer."""
 

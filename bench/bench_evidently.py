@@ -35,7 +35,7 @@ def _frames():
 
 def _write_log(root: Path, current, names: list[str]) -> None:
     """The served rows as the model server writes them (one JSON line per row)."""
-    from airflow_provider_mlplat.serving.inference_log import InferenceLogWriter
+    from airflow_provider_mlplat.inference_log import InferenceLogWriter
 
     span = (WINDOW[1] - WINDOW[0]).total_seconds()
     writer = InferenceLogWriter(root)
@@ -98,7 +98,7 @@ def _parts(home: Path, reference, names: list[str]) -> dict[str, tuple[float, fl
     """Wall and CPU seconds of the operator's own steps around Evidently (warm, one run each)."""
     from airflow_provider_mlplat.artifacts import read_dataframe
     from airflow_provider_mlplat.hooks.evidently import run_drift
-    from airflow_provider_mlplat.serving.inference_log import read_inference_log
+    from airflow_provider_mlplat.inference_log import read_inference_log
 
     log = _timed(lambda: read_inference_log(home / "inference-log", MODEL.replace("_", "-"), *WINDOW))
     parquet = _timed(lambda: read_dataframe(str(home / "training_set.parquet")))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from mlplat.platform import CHECKOUT_MODEL_SERVER
 
 ROUNDS = 3
 SEQUENTIAL = 2000  # single-row requests one after the other to each server in turn: latency
@@ -29,8 +30,9 @@ def _port() -> int:
         return sock.getsockname()[1]
 
 
-def _register(tracking_uri: str) -> str:
-    """A sklearn trip model logged once and registered as versions 1 and 2 of one model."""
+def _register(tracking_uri: str, artifacts: Path) -> str:
+    """A sklearn trip model logged once (artifacts under ``artifacts``, not ./mlruns) and registered
+    as versions 1 and 2 of one model."""
     import mlflow
     import numpy as np
     import pandas as pd
@@ -38,6 +40,9 @@ def _register(tracking_uri: str) -> str:
 
     os.environ["MLFLOW_LOG_UV_FILES"] = "false"
     mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(
+        experiment_id=mlflow.create_experiment("bench", artifact_location=artifacts.as_uri())
+    )
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(rng.random((2000, 4)), columns=list(FEATURES))
     model = LogisticRegression().fit(frame, (frame["conv_rate"] > 0.5).astype(int))
@@ -118,7 +123,7 @@ def run() -> str:
     """Start three servers on one model, measure them in interleaved rounds, report ratios."""
     work = Path(tempfile.mkdtemp(prefix="bench-kserve-"))
     tracking = f"sqlite:///{work / 'mlflow.db'}"
-    model = _register(tracking)
+    model = _register(tracking, work / "artifacts")
     python = sys.executable
     # `mlflow models serve` runs `uvicorn` from PATH
     path = f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -132,7 +137,7 @@ def run() -> str:
             env = {**base_env, "MLPLAT_SERVING_PORT": str(ports[name]), "MLPLAT_SERVING_FAST_PATH": str(fast),
                    "MLPLAT_SERVING_INFERENCE_LOG": str(work / name) if logged else ""}  # fmt: skip
             url = f"http://127.0.0.1:{ports[name]}"
-            processes[name] = _start([python, "-m", "airflow_provider_mlplat.serving"], env, f"{url}/v2/health/live",
+            processes[name] = _start([str(CHECKOUT_MODEL_SERVER)], env, f"{url}/v2/health/live",
                                      work / f"{name}.log")  # fmt: skip
             for version in ("1", "2"):
                 httpx.post(

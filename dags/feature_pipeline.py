@@ -48,9 +48,8 @@ def feature_pipeline():
     def land_raw_data(params=None, data_interval_start=None, data_interval_end=None) -> list[dict[str, str]]:
         """The interval's raw files and their expectation suites (generated when simulate_source)."""
         from airflow_provider_mlplat.hooks.feast import FeastHook
-        from airflow_provider_mlplat.platform import include_module
+        from include import datagen  # the bundle's root is on the import path, as Astro projects have it
 
-        datagen = include_module("datagen")
         data_dir = FeastHook().data_dir
         if params["simulate_source"]:
             datagen.generate(data_dir, data_interval_start, data_interval_end, drivers=params["drivers"])

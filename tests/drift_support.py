@@ -11,8 +11,8 @@ import httpx
 
 from airflow_provider_mlplat.artifacts import artifact_root
 from airflow_provider_mlplat.hooks.mlflow import MLflowHook
+from airflow_provider_mlplat.inference_log import inference_log_writer
 from airflow_provider_mlplat.operators.evidently import DRIFT_EVENTS, TRAINING_SET_TAG, EvidentlyDriftOperator
-from airflow_provider_mlplat.serving.inference_log import inference_log_writer
 from include import datagen
 from tests.ray_support import TaskInstanceStandIn
 

@@ -73,9 +73,9 @@ def running_platform(home: Path, services: tuple[str, ...], **settings) -> Itera
 
     :param home: state folder.
     :param services: which services to run.
-    :param settings: further :class:`~airflow_provider_mlplat.platform.Settings` fields.
+    :param settings: further :class:`~mlplat.platform.Settings` fields.
     """
-    from airflow_provider_mlplat.platform import Platform, Settings
+    from mlplat.platform import Platform, Settings
 
     ports = {
         "airflow_port": free_port(),

@@ -13,6 +13,7 @@ from airflow.sdk import BaseHook
 
 from airflow_provider_mlplat import connection_fields
 from airflow_provider_mlplat.exceptions import MLPlatConfigError
+from airflow_provider_mlplat.extras import require_extra
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -22,7 +23,9 @@ class MLPlatHook(BaseHook):
     """
     Base of the provider's hooks: no I/O until used; the connection is fetched once.
 
-    Subclasses set ``conn_type``, ``default_conn_name``, ``hook_name`` and implement ``probe()``.
+    Subclasses set ``conn_type``, ``default_conn_name``, ``hook_name``, the pip extras their SDK
+    comes with (``required_extras``, checked when the hook is created: at run time, never at parse
+    time) and implement ``probe()``.
 
     :param conn_id: Airflow connection id.
     """
@@ -31,9 +34,12 @@ class MLPlatHook(BaseHook):
     conn_type = ""
     default_conn_name = ""
     hook_name = ""
+    required_extras: tuple[str, ...] = ()
 
     def __init__(self, conn_id: str | None = None) -> None:
         super().__init__()
+        for extra in self.required_extras:
+            require_extra(extra, type(self).__name__)
         self.conn_id = conn_id or self.default_conn_name
 
     @cached_property

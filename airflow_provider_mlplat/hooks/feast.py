@@ -68,6 +68,7 @@ class FeastHook(MLPlatHook):
     conn_type = "feast"
     default_conn_name = "feast_default"
     hook_name = "Feast"
+    required_extras = ("feast",)
 
     def __init__(self, feast_conn_id: str = default_conn_name) -> None:
         super().__init__(conn_id=feast_conn_id)

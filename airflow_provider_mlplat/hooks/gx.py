@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 from airflow_provider_mlplat.exceptions import MLPlatConfigError
+from airflow_provider_mlplat.extras import require_extra
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -26,6 +27,10 @@ class GXHook(BaseHook):
     """
 
     hook_name = "Great Expectations"
+
+    def __init__(self) -> None:
+        super().__init__()
+        require_extra("gx", type(self).__name__)
 
     def load_suite(self, path: str | Path) -> ExpectationSuite:
         """

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, MLPlatServiceUnavailable, RolloutFailed
+from airflow_provider_mlplat.extras import require_extra
 from airflow_provider_mlplat.hooks.base import MLPlatHook
 
 log = logging.getLogger(__name__)
@@ -395,6 +396,10 @@ class InferenceServiceTarget(RolloutTarget):
         0.001,
     )
 
+    def __init__(self, config: dict[str, Any]) -> None:
+        require_extra("kubernetes", "KServe on Kubernetes")
+        super().__init__(config)
+
     def _hook(self):
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 
@@ -737,7 +742,7 @@ class KServeHook(MLPlatHook):
     def inference_log(self) -> str:
         """
         Where the local model server writes its inference log (the ``inference_log`` extra): a folder
-        or a PostgreSQL URL, see :mod:`airflow_provider_mlplat.serving.inference_log`.
+        or a PostgreSQL URL, see :mod:`airflow_provider_mlplat.inference_log`.
         """
         root = self.extra("inference_log")
         if not root:

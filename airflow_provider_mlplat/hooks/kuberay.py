@@ -133,6 +133,7 @@ class KubeRayHook(RayHook):
     """
 
     hook_name = "KubeRay"
+    required_extras = ("ray", "kubernetes")
     target = "kuberay"
     async_client_modules = ("kubernetes_asyncio.client", "airflow.providers.cncf.kubernetes.hooks.kubernetes")
 

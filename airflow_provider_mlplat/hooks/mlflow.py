@@ -43,6 +43,7 @@ class MLflowHook(MLPlatHook):
     conn_type = "mlflow"
     default_conn_name = "mlflow_default"
     hook_name = "MLflow"
+    required_extras = ("mlflow",)
 
     def __init__(self, mlflow_conn_id: str = default_conn_name) -> None:
         super().__init__(conn_id=mlflow_conn_id)

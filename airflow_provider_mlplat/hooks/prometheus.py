@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from airflow_provider_mlplat.exceptions import MLPlatServiceUnavailable
+from airflow_provider_mlplat.extras import require_extra
 from airflow_provider_mlplat.hooks.base import MLPlatHook
 
 
@@ -146,6 +147,7 @@ class PrometheusHook(MLPlatHook):
         :param grouping_key: further labels identifying the group.
         :param samples: the gauge values.
         """
+        require_extra("evidently", "PrometheusHook.push")
         from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
         url = self.pushgateway_url

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
@@ -111,7 +110,8 @@ class RayHook(MLPlatHook):
     The connection's host is the dashboard address; its password, when set, is the Ray auth token
     (sent as a bearer token; Ray 2.60 turns token auth on by default). A connection with a
     ``kubernetes_conn_id`` extra targets KubeRay instead: see
-    :class:`~airflow_provider_mlplat.hooks.kuberay.KubeRayHook` and :func:`ray_job_hook`.
+    :class:`~airflow_provider_mlplat.hooks.kuberay.KubeRayHook` and
+    :func:`~airflow_provider_mlplat.hooks.ray_target.ray_job_hook`.
 
     :param ray_conn_id: Airflow connection id of type ``ray``.
     """
@@ -120,8 +120,9 @@ class RayHook(MLPlatHook):
     conn_type = "ray"
     default_conn_name = "ray_default"
     hook_name = "Ray"
+    required_extras = ("ray",)
     target = "ray"
-    #: what the async methods import (in a thread, before a trigger runs: see :func:`aray_job_hook`)
+    #: what the async methods import (in a thread, before a trigger runs: see ``ray_target.aray_job_hook``)
     async_client_modules: tuple[str, ...] = ("httpx",)
 
     def __init__(self, ray_conn_id: str = default_conn_name) -> None:
@@ -163,10 +164,6 @@ class RayHook(MLPlatHook):
 
     def probe(self) -> str:
         """List the cluster's jobs (needs the token when auth is on) and read its Ray version."""
-        if self.on_kubernetes:
-            from airflow_provider_mlplat.hooks.kuberay import KubeRayHook
-
-            return KubeRayHook(self.conn_id).probe()
         import httpx
 
         jobs = self.client.list_jobs()
@@ -317,40 +314,3 @@ class RayHook(MLPlatHook):
             response = await http.post(f"/api/jobs/{job_id}/stop")
             if response.status_code != 404:
                 response.raise_for_status()
-
-
-def _hook_class(extra: dict[str, Any]) -> type[RayHook]:
-    if extra.get("kubernetes_conn_id"):
-        from airflow_provider_mlplat.hooks.kuberay import KubeRayHook
-
-        return KubeRayHook
-    return RayHook
-
-
-def ray_job_hook(ray_conn_id: str) -> RayHook:
-    """
-    The hook for the target a ``ray`` connection names: :class:`RayHook` (Job Submission API) or,
-    with a ``kubernetes_conn_id`` extra, :class:`~airflow_provider_mlplat.hooks.kuberay.KubeRayHook`.
-
-    :param ray_conn_id: Airflow connection id of type ``ray``.
-    """
-    connection = RayHook.get_connection(ray_conn_id)
-    hook = _hook_class(connection.extra_dejson)(ray_conn_id)
-    hook.__dict__["connection"] = connection
-    return hook
-
-
-async def aray_job_hook(ray_conn_id: str) -> RayHook:
-    """
-    :func:`ray_job_hook` for the event loop: reads the connection and imports the async client
-    (the first time: ~0.5 s for the Kubernetes one) without blocking it.
-
-    :param ray_conn_id: Airflow connection id of type ``ray``.
-    """
-    connection = await RayHook.aget_connection(ray_conn_id)
-    cls = _hook_class(connection.extra_dejson)
-    for module in cls.async_client_modules:
-        await asyncio.to_thread(importlib.import_module, module)
-    hook = cls(ray_conn_id)
-    hook.__dict__["connection"] = connection
-    return hook

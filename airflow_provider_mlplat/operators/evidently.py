@@ -11,6 +11,7 @@ from airflow.sdk import AssetAlias, BaseOperator
 
 from airflow_provider_mlplat.assets import drift_asset
 from airflow_provider_mlplat.exceptions import MLPlatConfigError
+from airflow_provider_mlplat.extras import require_extra
 from airflow_provider_mlplat.links.evidently import EvidentlyReportLink
 from airflow_provider_mlplat.times import as_utc
 
@@ -197,7 +198,7 @@ class EvidentlyDriftOperator(BaseOperator):
             raise MLPlatConfigError(f"columns={self.columns!r} must be a non-empty list of column names")
 
     def _features(self, reference: pd.DataFrame, current: pd.DataFrame, training_set: str) -> list[str]:
-        from airflow_provider_mlplat.serving.inference_log import RECORD_FIELDS
+        from airflow_provider_mlplat.inference_log import RECORD_FIELDS
 
         if self.columns is None:
             excluded = {*RECORD_FIELDS, *NON_FEATURES}
@@ -226,11 +227,13 @@ class EvidentlyDriftOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
 
+        require_extra("evidently", type(self).__name__)
+
         from airflow_provider_mlplat.artifacts import read_dataframe
         from airflow_provider_mlplat.hooks.evidently import run_drift
         from airflow_provider_mlplat.hooks.kserve import KServeHook, deployment_name
         from airflow_provider_mlplat.hooks.mlflow import MLflowHook
-        from airflow_provider_mlplat.serving.inference_log import masked, read_inference_log
+        from airflow_provider_mlplat.inference_log import masked, read_inference_log
 
         self._validate()
         start, end = self._window(context)

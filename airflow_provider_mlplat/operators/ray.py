@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, MLPlatError
-from airflow_provider_mlplat.hooks.ray import RayHook, RayJobState, ray_job_hook
+from airflow_provider_mlplat.hooks.ray import RayHook, RayJobState
+from airflow_provider_mlplat.hooks.ray_target import ray_job_hook
 from airflow_provider_mlplat.links.ray import RayJobLink
 from airflow_provider_mlplat.triggers.ray import RayJobTrigger, wait_for_job
 

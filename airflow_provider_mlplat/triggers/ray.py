@@ -10,7 +10,8 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_mlplat.hooks.ray import RayHook, RayJobState, aray_job_hook
+from airflow_provider_mlplat.hooks.ray import RayHook, RayJobState
+from airflow_provider_mlplat.hooks.ray_target import aray_job_hook
 
 #: consecutive failed status reads (API down, 5xx, timeouts) after which the wait gives up
 MAX_READ_ERRORS = 5

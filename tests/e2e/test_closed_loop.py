@@ -13,10 +13,10 @@ pytestmark = pytest.mark.e2e
 
 def test_the_loop_closes_with_no_manual_step_after_the_feature_run(tmp_path, capsys, postgres_db_factory):
     import httpx
-
-    from airflow_provider_mlplat.closed_loop import ClosedLoop, LoopSettings
-    from airflow_provider_mlplat.demo import AirflowRestClient, print_report
-    from airflow_provider_mlplat.platform import ALL_SERVICES
+    from mlplat.airflow_api import AirflowRestClient
+    from mlplat.closed_loop import ClosedLoop, LoopSettings
+    from mlplat.demo import print_report
+    from mlplat.platform import ALL_SERVICES
 
     # Airflow on PostgreSQL, as in production: four components and the REST API write concurrently
     db = postgres_db_factory()

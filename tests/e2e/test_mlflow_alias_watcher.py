@@ -49,7 +49,7 @@ def wait_until(predicate, timeout: float, what: str):
 @pytest.fixture
 def platform(tmp_path):
     """MLflow and the four Airflow components, with a DAGs folder holding only the watcher DAG."""
-    from airflow_provider_mlplat.platform import Platform, Settings
+    from mlplat.platform import Platform, Settings
 
     name = f"watched_{uuid.uuid4().hex[:8]}"
     dags = tmp_path / "dags"
@@ -75,8 +75,7 @@ def platform(tmp_path):
 
 def test_a_champion_moved_by_hand_schedules_one_run_per_move_across_a_triggerer_restart(platform):
     from mlflow import MlflowClient
-
-    from airflow_provider_mlplat.demo import AirflowRestClient
+    from mlplat.airflow_api import AirflowRestClient
 
     platform, name = platform
     s = platform.settings

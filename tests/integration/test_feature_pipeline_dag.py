@@ -30,7 +30,7 @@ def asset_events(run_id: str) -> dict[str, dict]:
 
 @pytest.mark.parametrize("online", ["sqlite", "redis"])
 def test_feature_pipeline_lands_validates_materializes_and_emits_assets(run_dag, tmp_path, online, request):
-    from airflow_provider_mlplat.platform import Platform, Settings
+    from mlplat.platform import Platform, Settings
 
     conn = Platform(Settings(home=tmp_path, services=())).connections()[
         "feast_default"

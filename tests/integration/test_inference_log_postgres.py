@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import sqlalchemy
 
-from airflow_provider_mlplat.serving.inference_log import (
+from airflow_provider_mlplat.inference_log import (
     RECORD_FIELDS,
     PostgresInferenceLogWriter,
     inference_log_writer,
@@ -145,7 +145,7 @@ def test_a_flush_while_postgres_is_unavailable_keeps_the_records(postgres_url, c
     admin(f'DROP DATABASE "{name}" WITH (FORCE)')  # not there yet
     writer = inference_log_writer(location)
     writer.append(records(5))
-    with caplog.at_level(logging.WARNING, logger="airflow_provider_mlplat.serving.inference_log"):
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_mlplat.inference_log"):
         assert writer.flush() == 0
     warning = caplog.text
     assert "5 record(s) not written, kept for the next flush" in warning

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+from mlplat.platform import Platform, Settings, load
 
-from airflow_provider_mlplat.platform import Platform, Settings, load
 from tests.services import free_port, free_port_block
 
 pytestmark = pytest.mark.integration
@@ -78,7 +78,7 @@ def test_up_status_demo_down(tmp_path):
         assert platform.supervisor_pid() == supervisor
         assert [p["pid"] for p in platform.rpc().getAllProcessInfo()] == [p["pid"] for p in service_pids]
 
-        from airflow_provider_mlplat.demo import run_demo
+        from mlplat.demo import run_demo
 
         assert run_demo(platform, loop=False) == 0  # the closed loop has its own e2e test
     finally:

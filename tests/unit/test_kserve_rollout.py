@@ -1,4 +1,4 @@
-"""Rollout logic without services: canary gate, input checks, V2 requests, readiness, serving pieces, platform wiring."""
+"""Rollout logic without services: canary gate, input checks, V2 requests, readiness, inference log, platform wiring."""
 
 from __future__ import annotations
 
@@ -217,41 +217,11 @@ def test_trigger_serializes_and_times_out_on_an_unreachable_server(tmp_path):
     )
 
 
-# -- the model server's pieces ----------------------------------------------------------------------
-
-
-def test_router_splits_exactly_and_logs_every_row(tmp_path):
-    from airflow_provider_mlplat.serving.inference_log import InferenceLogWriter, read_inference_log
-    from airflow_provider_mlplat.serving.models import DeploymentRouter, MLflowVersionModel
-
-    class Fixed(MLflowVersionModel):
-        def __init__(self, version):
-            super().__init__("m", version)
-            self.ready = True
-
-        def predict_frame(self, frame):
-            return [int(self.version)] * len(frame)
-
-    log = InferenceLogWriter(tmp_path, flush_interval=0.05).start()
-    router = DeploymentRouter("d", Fixed("1"), Fixed("2"), canary_percent=25, inference_log=log)
-
-    async def send(n):
-        return [
-            await router({"instances": [{"x": i}, {"x": -i}]}, {"x-request-id": str(i)}) for i in range(n)
-        ]
-
-    answers = asyncio.run(send(40))
-    log.close()
-    assert [headers["x-mlplat-model-version"] for _, headers in answers].count("2") == 10
-    assert answers[3][0] == {"predictions": [2, 2]}  # the 4th request of every 4 goes to the canary
-    frame = read_inference_log(tmp_path, "d")
-    assert frame.shape[0] == 80 and frame["model_version"].value_counts().to_dict() == {"1": 60, "2": 20}
-    assert list(frame.loc[:1, "x"]) == [0, 0] and frame.loc[7, "request_id"] == "3"
-    assert (frame.loc[7, "prediction"], frame.loc[7, "status_code"]) == (2, 200)
+# -- the inference log and the platform's wiring ------------------------------------------------------
 
 
 def test_inference_log_reader_windows_and_skips_a_line_being_written(tmp_path):
-    from airflow_provider_mlplat.serving.inference_log import InferenceLogWriter, log_file, read_inference_log
+    from airflow_provider_mlplat.inference_log import InferenceLogWriter, log_file, read_inference_log
 
     now = datetime.now(UTC)
     writer = InferenceLogWriter(tmp_path)
@@ -271,18 +241,8 @@ def test_inference_log_reader_windows_and_skips_a_line_being_written(tmp_path):
     assert read_inference_log(tmp_path, "nothing").empty
 
 
-def test_version_names_must_carry_a_version_number():
-    from airflow_provider_mlplat.serving.models import parse_version_model_name
-
-    assert parse_version_model_name("trip_completion@12") == ("trip_completion", "12")
-    with pytest.raises(
-        ValueError, match="'trip_completion@champion' is not '<registered model>@<version number>'"
-    ):
-        parse_version_model_name("trip_completion@champion")
-
-
 def test_platform_runs_model_server_and_prometheus_on_loopback(tmp_path):
-    from airflow_provider_mlplat.platform import Platform, Settings
+    from mlplat.platform import Platform, Settings
 
     settings = Settings(home=tmp_path, model_server_port=18090, prometheus_port=19090, mlflow_port=15000,
                         services=("model-server", "prometheus"))  # fmt: skip

@@ -17,7 +17,8 @@ from airflow_provider_mlplat.hooks.kuberay import (
     cluster_spec,
     package_working_dir,
 )
-from airflow_provider_mlplat.hooks.ray import RayHook, RayJobState, ray_job_hook
+from airflow_provider_mlplat.hooks.ray import RayHook, RayJobState
+from airflow_provider_mlplat.hooks.ray_target import ray_job_hook
 from airflow_provider_mlplat.links.ray import RayJobLink
 from airflow_provider_mlplat.operators.ray import (
     RESULT_MARKER,

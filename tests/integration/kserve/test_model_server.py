@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from airflow_provider_mlplat.inference_log import read_inference_log
 from airflow_provider_mlplat.operators.kserve import v2_request
-from airflow_provider_mlplat.serving.inference_log import read_inference_log
 from tests.integration.kserve.conftest import FEATURES, rows
 
 pytestmark = pytest.mark.integration
