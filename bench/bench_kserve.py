@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+
 from mlplat.platform import CHECKOUT_MODEL_SERVER
 
 ROUNDS = 3

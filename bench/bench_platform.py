@@ -7,8 +7,8 @@ import time
 from collections import defaultdict
 
 import psutil
-from mlplat.platform import Platform, Settings
 
+from mlplat.platform import Platform, Settings
 from tests.services import free_port, free_port_block
 
 SETTLE_S = 20

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.e2e
 
 def test_the_loop_closes_with_no_manual_step_after_the_feature_run(tmp_path, capsys, postgres_db_factory):
     import httpx
+
     from mlplat.airflow_api import AirflowRestClient
     from mlplat.closed_loop import ClosedLoop, LoopSettings
     from mlplat.demo import print_report

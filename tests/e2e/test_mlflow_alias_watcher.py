@@ -75,6 +75,7 @@ def platform(tmp_path):
 
 def test_a_champion_moved_by_hand_schedules_one_run_per_move_across_a_triggerer_restart(platform):
     from mlflow import MlflowClient
+
     from mlplat.airflow_api import AirflowRestClient
 
     platform, name = platform

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from mlplat.platform import Platform, Settings, load
 
+from mlplat.platform import Platform, Settings, load
 from tests.services import free_port, free_port_block
 
 pytestmark = pytest.mark.integration

@@ -43,6 +43,7 @@ def test_redis_fixture_gives_an_empty_database(redis_url):
 
 def test_the_demo_client_retries_5xx_and_transport_errors_then_gives_the_last_answer():
     import httpx
+
     from mlplat.airflow_api import _retrying_client
 
     answers = iter([httpx.ConnectError("refused"), 500, 200])

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from mlplat.platform import Platform, Settings
 
 from airflow_provider_mlplat.exceptions import MLPlatConfigError
+from mlplat.platform import Platform, Settings
 
 
 def test_settings_come_from_the_environment_then_flags(monkeypatch, tmp_path):
