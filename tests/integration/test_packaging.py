@@ -98,7 +98,9 @@ def test_all_extras_resolve_next_to_airflow_with_plain_pip(wheels, tmp_path):
     made = run(sys.executable, "-m", "venv", tmp_path / "venv", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     pip = tmp_path / "venv" / "bin" / "pip"
-    result = run(pip, "install", "--dry-run", "--find-links", wheels, f"{PROVIDER}[all]", AIRFLOW, cwd=tmp_path)
+    result = run(
+        pip, "install", "--dry-run", "--find-links", wheels, f"{PROVIDER}[all]", AIRFLOW, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     would = result.stdout.split("Would install", 1)[1].split()
     assert f"{PROVIDER}-0.1.0" in would and any(p.startswith("apache-airflow-3.3.") for p in would)
