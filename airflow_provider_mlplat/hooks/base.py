@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -44,8 +45,39 @@ class MLPlatHook(BaseHook):
 
     @cached_property
     def connection(self) -> Connection:
-        """The Airflow connection, fetched on first use."""
-        return self.get_connection(self.conn_id)
+        """The Airflow connection, fetched on first use; its extras checked (:meth:`checked`)."""
+        return self.checked(self.get_connection(self.conn_id))
+
+    def checked(self, connection: Connection) -> Connection:
+        """
+        The connection, once its extra is a JSON object of fields this connection type declares: a
+        typo fails naming the key and the closest known one, instead of being silently ignored.
+
+        :param connection: a connection of this hook's type.
+        """
+        if not connection.extra:
+            return connection
+        try:
+            extra = json.loads(connection.extra)
+        except json.JSONDecodeError as err:
+            raise MLPlatConfigError(
+                f"connection {self.conn_id!r}: its extra is not valid JSON ({err.msg} at line {err.lineno} "
+                f"column {err.colno}); it must be a JSON object of {self.conn_type} fields"
+            ) from None
+        if not isinstance(extra, dict):
+            raise MLPlatConfigError(
+                f"connection {self.conn_id!r}: its extra must be a JSON object, got {type(extra).__name__}"
+            )
+        known = connection_fields(self.conn_type)
+        for key in extra:
+            if key not in known:
+                close = difflib.get_close_matches(key.removeprefix(f"extra__{self.conn_type}__"), known, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise MLPlatConfigError(
+                    f"connection {self.conn_id!r} ({self.conn_type}): unknown extra {key!r}; {hint}"
+                    f"known extras: {', '.join(known)}"
+                )
+        return connection
 
     def extra(self, name: str, default: Any = None) -> Any:
         """

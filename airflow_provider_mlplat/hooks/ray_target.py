@@ -23,7 +23,7 @@ def ray_job_hook(ray_conn_id: str) -> RayHook:
     """
     connection = RayHook.get_connection(ray_conn_id)
     hook = _hook_class(connection.extra_dejson)(ray_conn_id)
-    hook.__dict__["connection"] = connection
+    hook.__dict__["connection"] = hook.checked(connection)
     return hook
 
 
@@ -39,7 +39,7 @@ async def aray_job_hook(ray_conn_id: str) -> RayHook:
     for module in cls.async_client_modules:
         await asyncio.to_thread(importlib.import_module, module)
     hook = cls(ray_conn_id)
-    hook.__dict__["connection"] = connection
+    hook.__dict__["connection"] = hook.checked(connection)
     return hook
 
 

@@ -12,6 +12,7 @@ from airflow_provider_mlplat.hooks.base import scoped_env
 from airflow_provider_mlplat.hooks.feast import FeastHook
 from airflow_provider_mlplat.hooks.kserve import KServeHook
 from airflow_provider_mlplat.hooks.mlflow import MLflowHook
+from airflow_provider_mlplat.hooks.prometheus import PrometheusHook
 from airflow_provider_mlplat.hooks.ray import RayHook
 from tests.conftest import set_connection
 from tests.services import free_port
@@ -24,11 +25,38 @@ def test_constructing_a_hook_does_no_io():
 
 
 def test_only_declared_extras_can_be_read():
-    set_connection("kserve_extras", conn_type="kserve", extra={"namespace": "ml", "token": "s3cret"})
+    set_connection("kserve_extras", conn_type="kserve", extra={"namespace": "ml"})
     hook = KServeHook("kserve_extras")
     assert hook.extra("namespace") == "ml"
     with pytest.raises(KeyError, match="'token' is not an extra of kserve connections"):
         hook.extra("token")
+
+
+@pytest.mark.parametrize(
+    ("hook_class", "conn_type", "extra", "message"),
+    [
+        (FeastHook, "feast", {"repo_path": "/r", "onlne_store": "{}"},
+         "connection 'typo' (feast): unknown extra 'onlne_store'; did you mean 'online_store'? known extras: "
+         "repo_path, online_store, "),
+        (KServeHook, "kserve", {"namespce": "ml"}, "unknown extra 'namespce'; did you mean 'namespace'?"),
+        (MLflowHook, "mlflow", {"registry": "x"}, "unknown extra 'registry'; did you mean 'registry_uri'?"),
+        (RayHook, "ray", {"extra__ray__namespace": "x"}, "unknown extra 'extra__ray__namespace'; did you mean 'namespace'?"),
+        (PrometheusHook, "prometheus", {"token": "x"}, "unknown extra 'token'; known extras: pushgateway_url"),
+    ],
+)  # fmt: skip
+def test_an_unknown_extra_fails_naming_the_closest_known_one(hook_class, conn_type, extra, message):
+    set_connection("typo", conn_type=conn_type, host="http://127.0.0.1:9", extra=extra)
+    with pytest.raises(MLPlatConfigError) as raised:
+        hook_class("typo").connection  # noqa: B018 (the first use of the connection checks it)
+    assert message in str(raised.value)
+    ok, reported = hook_class("typo").test_connection()  # what the connection form's Test button shows
+    assert not ok and message in reported
+
+
+def test_an_extra_that_is_not_json_is_reported_as_such():
+    os.environ["AIRFLOW_CONN_FEAST_BROKEN"] = '{"conn_type": "feast", "extra": "{\\"repo_path\\": \\"/r\\",}"}'
+    with pytest.raises(MLPlatConfigError, match=r"connection 'feast_broken': its extra is not valid JSON \(Expecting"):
+        FeastHook("feast_broken").repo_path
 
 
 def test_json_extra_names_the_bad_field():
