@@ -65,8 +65,12 @@ def task_context(
 
 
 def outlet_extras(context) -> dict[str, dict[str, Any]]:
-    """Asset URI -> the extra the task attached to its event."""
-    return {key.uri: dict(accessor.extra) for key, accessor in context["outlet_events"]._dict.items()}
+    """Asset URI -> the extra the task attached to its event (of a declared outlet; aliases aside)."""
+    return {
+        key.uri: dict(accessor.extra)
+        for key, accessor in context["outlet_events"]._dict.items()
+        if hasattr(key, "uri")
+    }
 
 
 def online_rows(conn_id: str, view: str, drivers: int = DRIVERS) -> dict[int, tuple]:

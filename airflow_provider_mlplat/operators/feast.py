@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, BaseOperator, Metadata
+from airflow.sdk import Asset, AssetAlias, BaseOperator, Metadata
 
 from airflow_provider_mlplat.artifacts import read_dataframe, task_artifact_dir, write_parquet
 from airflow_provider_mlplat.assets import feast_feature_view_asset
@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 #: row number column added to the entity rows while Feast joins the features
 _ROW = "__mlplat_row"
+
+
+#: the AssetAlias a materialization adds ``feast://<project>/<view>`` events to for the views its
+#: DAG did not declare among ``outlets`` (declared ones get their event's extra filled instead)
+MATERIALIZED = AssetAlias("mlplat-feast-materialized")
 
 
 class FeastApplyOperator(BaseOperator):
@@ -57,8 +62,8 @@ class FeastMaterializeOperator(BaseOperator):
     Every view's window is read and checked against the view's schema before anything is written;
     writes go in batches of ``write_batch_size`` rows; afterwards the rows are read back from the
     online store and only then is the window recorded as materialized. Each view's Asset
-    (``feast://<project>/<view>``, which must be among ``outlets``) gets an event carrying the
-    window and row count. Returns ``{"project", "start", "end", "rows", "feature_views": {view:
+    (``feast://<project>/<view>``) gets an event carrying the window and row count: as a declared
+    outlet, or else through :data:`MATERIALIZED`, which the operator declares itself. Returns ``{"project", "start", "end", "rows", "feature_views": {view:
     {"rows", "seconds"}}, "online_store"}``.
 
     :param feature_views: feature view names (templated); empty means every online feature view.
@@ -85,6 +90,7 @@ class FeastMaterializeOperator(BaseOperator):
         feast_conn_id: str = FeastHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
+        kwargs["outlets"] = [*(kwargs.get("outlets") or []), MATERIALIZED]
         super().__init__(**kwargs)
         self.feature_views = feature_views
         self.start = start
@@ -124,12 +130,6 @@ class FeastMaterializeOperator(BaseOperator):
         views = hook.feature_views(list(self.feature_views or []))
         assets = {fv.name: feast_feature_view_asset(project, fv.name) for fv in views}
         declared = {a.uri for a in self.outlets if isinstance(a, Asset)}
-        missing = [a.uri for a in assets.values() if a.uri not in declared]
-        if missing:
-            raise MLPlatConfigError(
-                f"declare the Assets this task updates: outlets lacks {missing} "
-                "(use airflow_provider_mlplat.assets.feast_feature_view_asset)"
-            )
         window = f"[{start.isoformat()}, {end.isoformat()})"
         store_type = hook.store.config.online_store.type
         self.log.info(
@@ -161,7 +161,10 @@ class FeastMaterializeOperator(BaseOperator):
                 "rows": report[name]["rows"],
                 "online_store": store_type,
             }
-            _attach(context, Metadata(asset, extra))
+            if asset.uri in declared:
+                _attach(context, Metadata(asset, extra))
+            else:
+                context["outlet_events"][MATERIALIZED].add(asset, extra=extra)
         return {
             "project": project,
             "start": start.isoformat(),

@@ -12,7 +12,7 @@ import pytest
 from airflow_provider_mlplat.assets import feast_feature_view_asset
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, MLPlatError, MLPlatValidationFailed
 from airflow_provider_mlplat.hooks.feast import FeastHook
-from airflow_provider_mlplat.operators.feast import FeastApplyOperator, FeastMaterializeOperator
+from airflow_provider_mlplat.operators.feast import MATERIALIZED, FeastApplyOperator, FeastMaterializeOperator
 from include import datagen
 from tests.feast_support import (
     DRIVERS,
@@ -158,12 +158,16 @@ def test_unknown_feature_view_fails_before_any_write_naming_the_existing_ones(tm
     assert online_rows("feast_default", "driver_hourly_stats") == {}
 
 
-def test_undeclared_outlets_fail_before_any_write(tmp_path):
+def test_views_the_dag_did_not_declare_get_their_events_through_the_operators_alias(tmp_path):
     rides_repo(tmp_path)
     op = materialize_op(outlets=[feast_feature_view_asset("rides", "driver_profile")])
-    with pytest.raises(MLPlatConfigError, match="feast://rides/driver_hourly_stats"):
-        op.execute(task_context("materialize", T0, T0 + HOUR))
-    assert online_rows("feast_default", "driver_profile") == {}
+    assert op.outlets[-1] == MATERIALIZED  # declared by the operator: the DAG need not repeat it
+    context = task_context("materialize", T0, T0 + HOUR)
+    result = op.execute(context)
+    [event] = context["outlet_events"][MATERIALIZED].asset_alias_events
+    assert event.dest_asset_key.uri == "feast://rides/driver_hourly_stats"
+    assert event.extra["rows"] == result["feature_views"]["driver_hourly_stats"]["rows"] > 0
+    assert outlet_extras(context)["feast://rides/driver_profile"]["feature_view"] == "driver_profile"
 
 
 @pytest.mark.parametrize(
