@@ -23,6 +23,7 @@ CONNECTION_TYPES: dict[str, dict[str, Any]] = {
         "name": "MLflow tracking server",
         "fields": {
             "registry_uri": _text("Registry URI (defaults to the tracking URI)"),
+            "timeout": _text("Seconds within which an unreachable server fails the task (default 30)"),
         },
         "behaviour": {
             "hidden-fields": ["schema", "port", "extra"],

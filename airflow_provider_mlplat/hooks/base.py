@@ -13,11 +13,14 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 from airflow_provider_mlplat import connection_fields
-from airflow_provider_mlplat.exceptions import MLPlatConfigError
+from airflow_provider_mlplat.exceptions import MLPlatConfigError, MLPlatServiceUnavailable
 from airflow_provider_mlplat.extras import require_extra
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
+
+#: seconds within which an unreachable service fails a task (a connection's ``timeout`` extra)
+DEFAULT_TIMEOUT = 30
 
 
 class MLPlatHook(BaseHook):
@@ -112,6 +115,33 @@ class MLPlatHook(BaseHook):
                 f"connection {self.conn_id!r}: extra {name!r} must be a JSON object, got {value!r}"
             )
         return parsed
+
+    def ensure_reachable(self, url: str, service: str) -> None:
+        """
+        Wait for an HTTP answer (any status) from ``url`` at most the connection's ``timeout`` extra
+        (default 30 s), retrying connection errors; then fail naming the service, its URL and
+        "unreachable", instead of an SDK's minutes of retries ending in a misleading error.
+
+        :param url: a URL of the service that answers cheaply (e.g. its health endpoint).
+        :param service: the service's name in the message.
+        """
+        import httpx
+        import tenacity
+
+        timeout = float(self.extra("timeout", DEFAULT_TIMEOUT))
+        try:
+            for attempt in tenacity.Retrying(
+                stop=tenacity.stop_after_delay(timeout),
+                wait=tenacity.wait_exponential(min=0.5, max=5),
+                retry=tenacity.retry_if_exception_type(httpx.TransportError),
+                reraise=True,
+            ):
+                with attempt:
+                    httpx.get(url, timeout=min(10.0, timeout))
+        except httpx.TransportError as err:
+            raise MLPlatServiceUnavailable(
+                f"{service} at {url} is unreachable: no answer within {timeout:.0f} s ({type(err).__name__})"
+            ) from None
 
     def probe(self) -> str:
         """Really talk to the service; return a one-line description of what answered."""

@@ -56,7 +56,7 @@ class MLflowHook(MLPlatHook):
         :param mlflow_conn_id: Airflow connection id of type ``mlflow``.
         """
         hook = cls(mlflow_conn_id)
-        hook.connection = await cls.aget_connection(mlflow_conn_id)
+        hook.connection = hook.checked(await cls.aget_connection(mlflow_conn_id))
         return hook
 
     @property
@@ -124,6 +124,7 @@ class MLflowHook(MLPlatHook):
 
         client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
         if self.tracking_uri.startswith(("http://", "https://")):
+            self.ensure_reachable(f"{self.tracking_uri}/health", "MLflow")
             _per_request_credentials(client, self._host_creds)
         return client
 

@@ -223,3 +223,22 @@ def test_mlflow_fluent_block_ignores_and_restores_an_experiment_set_elsewhere():
         assert fluent_state._active_experiment_id == "42"
     finally:
         fluent_state._active_experiment_id = None
+
+
+def test_an_unreachable_mlflow_fails_promotion_within_the_timeout_naming_its_url():
+    import time
+
+    from airflow_provider_mlplat.exceptions import MLPlatServiceUnavailable
+    from airflow_provider_mlplat.operators.mlflow import MLflowPromoteModelOperator
+    from tests.feast_support import task_context
+
+    url = f"http://127.0.0.1:{free_port()}"
+    set_connection("mlflow_down", conn_type="mlflow", host=url, extra={"timeout": "2"})
+    op = MLflowPromoteModelOperator(
+        task_id="promote", model_name="m", challenger="1", thresholds={}, mlflow_conn_id="mlflow_down"
+    )
+    started = time.monotonic()
+    with pytest.raises(MLPlatServiceUnavailable) as raised:
+        op.execute(task_context("promote"))
+    assert time.monotonic() - started < 10  # MLflow's own retries took over 250 s
+    assert str(raised.value) == f"MLflow at {url}/health is unreachable: no answer within 2 s (ConnectError)"
