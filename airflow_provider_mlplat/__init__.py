@@ -166,6 +166,7 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "schemes": ["feast", "mlflow", "kserve", "drift", "predictions"],
                 "handler": f"{_PKG}.assets.sanitize_uri",
+                "to_openlineage_converter": f"{_PKG}.lineage.asset_to_openlineage",
             }
         ],
         "extra-links": [f"{_PKG}.{link}" for link in _EXTRA_LINKS],

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 #: version tag naming the run that holds a version's evaluation metrics (set by MLflowEvaluateOperator)
 EVALUATION_RUN_TAG = "mlplat.evaluation_run_id"
+#: tags a training job sets on its model version: the training set, its content hash, what it was split from
+TRAINING_SET_TAG = "mlplat.training_set.uri"
+TRAINING_SET_HASH_TAG = "mlplat.training_set.content_hash"
+TRAINING_SOURCE_TAG = "mlplat.training_set.source_uri"
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
 
 

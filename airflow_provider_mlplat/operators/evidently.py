@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import AssetAlias, BaseOperator
 
-from airflow_provider_mlplat.assets import drift_asset
+from airflow_provider_mlplat.assets import drift_asset, kserve_asset
 from airflow_provider_mlplat.exceptions import MLPlatConfigError
 from airflow_provider_mlplat.extras import require_extra
+from airflow_provider_mlplat.hooks.mlflow import TRAINING_SET_TAG
+from airflow_provider_mlplat.lineage import LineageDataset, LineageMixin
 from airflow_provider_mlplat.links.evidently import EvidentlyReportLink
 from airflow_provider_mlplat.times import as_utc
 
@@ -24,8 +26,6 @@ if TYPE_CHECKING:
 
 #: the AssetAlias a drift check adds ``drift://models/<name>`` events to, only when drift was detected
 DRIFT_EVENTS = AssetAlias("mlplat-drift")
-#: model version tag naming the training set the version was trained on (set by include/training/train.py)
-TRAINING_SET_TAG = "mlplat.training_set.uri"
 #: columns that are never features: ids, timestamps, the label, and the inference log's own fields
 NON_FEATURES = ("driver_id", "event_timestamp", "created", "completed")
 #: the Pushgateway job the drift metrics are grouped under (with the model name)
@@ -58,7 +58,18 @@ def drift_samples(summary: Mapping[str, Any]) -> list[Sample]:
     ]  # fmt: skip
 
 
-class EvidentlyDriftOperator(BaseOperator):
+#: what a drift check's asset event, its lineage input (served traffic) and output (verdict) carry
+EVENT_FACTS = ("model_name", "version", "deployment", "window_start", "window_end", "drift_share",
+               "drifted_features", "report_uri")  # fmt: skip
+SERVED_FACTS = ("window_start", "window_end", "rows_current", "versions_served")
+VERDICT_FACTS = ("drift_share", "detected", "drifted_features", "report_uri")
+
+
+def _pick(summary: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: summary[k] for k in keys}
+
+
+class EvidentlyDriftOperator(LineageMixin, BaseOperator):
     """
     Check a deployment's served traffic for data drift against the training set of the model
     version that served it, with Evidently's ``DataDriftPreset``.
@@ -239,7 +250,8 @@ class EvidentlyDriftOperator(BaseOperator):
         start, end = self._window(context)
         asset = drift_asset(self.model_name)  # validates the name before anything is read
         deployment = deployment_name(self.model_name, self.deployment_name)
-        log_root = KServeHook(self.kserve_conn_id).inference_log
+        kserve = KServeHook(self.kserve_conn_id)
+        log_root, namespace = kserve.inference_log, kserve.namespace
         prometheus = self._pushgateway()
 
         current = read_inference_log(log_root, deployment, start, end)
@@ -307,21 +319,17 @@ class EvidentlyDriftOperator(BaseOperator):
             "DETECTED" if result.detected else "not detected",
             result.share, self.drift_share, result.drifted, summary["report_uri"],
         )  # fmt: skip
+        self.record_lineage(
+            inputs=[
+                LineageDataset(
+                    kserve_asset(namespace, deployment).uri, version, _pick(summary, SERVED_FACTS)
+                ),
+                LineageDataset(training_set, facts={"rows": summary["rows_reference"]}),
+            ],
+            outputs=[LineageDataset(asset.uri, version, _pick(summary, VERDICT_FACTS))],
+        )
         if result.detected:
-            extra = {
-                k: summary[k]
-                for k in (
-                    "model_name",
-                    "version",
-                    "deployment",
-                    "window_start",
-                    "window_end",
-                    "drift_share",
-                    "drifted_features",
-                    "report_uri",
-                )
-            }
-            context["outlet_events"][DRIFT_EVENTS].add(asset, extra=extra)
+            context["outlet_events"][DRIFT_EVENTS].add(asset, extra=_pick(summary, EVENT_FACTS))
         return summary
 
     def _save(self, context: Context, result: DriftResult, summary: dict[str, Any]) -> dict[str, str]:

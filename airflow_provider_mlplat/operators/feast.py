@@ -12,6 +12,7 @@ from airflow_provider_mlplat.artifacts import read_dataframe, task_artifact_dir,
 from airflow_provider_mlplat.assets import feast_feature_view_asset
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, MLPlatValidationFailed
 from airflow_provider_mlplat.hooks.feast import FeastHook
+from airflow_provider_mlplat.lineage import LineageDataset, LineageMixin
 from airflow_provider_mlplat.times import as_utc
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ class FeastApplyOperator(BaseOperator):
         return {"project": hook.store.project, "changed": bool(changes), "changes": changes}
 
 
-class FeastMaterializeOperator(BaseOperator):
+class FeastMaterializeOperator(LineageMixin, BaseOperator):
     """
     Materialize an explicit window of feature views into the online store: by default the run's
     data interval, starting ``overlap`` earlier for late data.
@@ -152,6 +153,7 @@ class FeastMaterializeOperator(BaseOperator):
                 expected.sample.num_rows,
             )
             report[fv.name] = {"rows": expected.rows, "seconds": round(seconds, 2)}
+        outputs = []
         for name, asset in assets.items():
             extra = {
                 "project": project,
@@ -161,10 +163,12 @@ class FeastMaterializeOperator(BaseOperator):
                 "rows": report[name]["rows"],
                 "online_store": store_type,
             }
+            outputs.append(LineageDataset(asset.uri, facts=extra))
             if asset.uri in declared:
                 _attach(context, Metadata(asset, extra))
             else:
                 context["outlet_events"][MATERIALIZED].add(asset, extra=extra)
+        self.record_lineage(outputs=outputs)
         return {
             "project": project,
             "start": start.isoformat(),
@@ -175,7 +179,7 @@ class FeastMaterializeOperator(BaseOperator):
         }
 
 
-class FeastHistoricalFeaturesOperator(BaseOperator):
+class FeastHistoricalFeaturesOperator(LineageMixin, BaseOperator):
     """
     Build a point-in-time correct training set for a feature service and write it as parquet to
     artifact storage: the entity rows' columns (join keys, ``event_timestamp``, request data), the
@@ -260,6 +264,19 @@ class FeastHistoricalFeaturesOperator(BaseOperator):
         uri, content_hash = write_parquet(path, frame)
         self.log.info(
             "Wrote %d row(s) x %d feature(s) to %s (%s)", len(frame), len(features), uri, content_hash
+        )
+        views = [
+            feast_feature_view_asset(hook.store.project, p.name).uri for p in service.feature_view_projections
+        ]
+        facts = {
+            "rows": len(frame),
+            "features": features,
+            "label": self.label_column,
+            "feature_service": service.name,
+        }
+        self.record_lineage(
+            inputs=[LineageDataset(view) for view in views],
+            outputs=[LineageDataset(uri, version=content_hash, facts=facts)],
         )
         return {
             "uri": uri,

@@ -13,7 +13,7 @@ from typing import Any
 
 from airflow.sdk import AssetAlias, BaseOperator
 
-from airflow_provider_mlplat.assets import kserve_asset
+from airflow_provider_mlplat.assets import kserve_asset, mlflow_model_asset
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, RolloutFailed
 from airflow_provider_mlplat.hooks.kserve import (
     KServeHook,
@@ -22,6 +22,7 @@ from airflow_provider_mlplat.hooks.kserve import (
     deployment_name,
     make_target,
 )
+from airflow_provider_mlplat.lineage import LineageDataset, LineageMixin
 
 #: the alias through which rollouts emit ``kserve://<namespace>/<name>`` (namespace known at run time)
 ROLLOUT_ALIAS = "kserve-rollout"
@@ -174,7 +175,7 @@ def input_example_rows(tracking_uri: str, model_name: str, version: str, limit: 
     return data[:limit]
 
 
-class KServeRolloutOperator(BaseOperator):
+class KServeRolloutOperator(LineageMixin, BaseOperator):
     """
     Deploy an MLflow model version to KServe progressively. The connection decides the target: the
     local model server or InferenceServices on Kubernetes; the steps are the same.
@@ -553,6 +554,15 @@ class KServeRolloutOperator(BaseOperator):
             **facts,
             "decision_record": uri,
         }
+        served = {
+            k: summary[k]
+            for k in ("outcome", "traffic", "revision", "url", "previous_version")
+            if k in summary
+        }
+        self.record_lineage(
+            inputs=[LineageDataset(mlflow_model_asset(model.model_name).uri, version=model.version)],
+            outputs=[LineageDataset(asset.uri, version=model.version, facts=served)],
+        )
         if outcome == "promoted":
             self._tag(model, {"status": "serving", "deployment": asset.uri, "decision_record": uri})
             extra = {

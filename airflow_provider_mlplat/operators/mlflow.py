@@ -11,7 +11,14 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_provider_mlplat.assets import mlflow_model_asset
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, MLPlatValidationFailed
-from airflow_provider_mlplat.hooks.mlflow import EVALUATION_RUN_TAG, MLflowHook
+from airflow_provider_mlplat.hooks.mlflow import (
+    EVALUATION_RUN_TAG,
+    TRAINING_SET_HASH_TAG,
+    TRAINING_SET_TAG,
+    TRAINING_SOURCE_TAG,
+    MLflowHook,
+)
+from airflow_provider_mlplat.lineage import LineageDataset, LineageMixin
 from airflow_provider_mlplat.links.mlflow import MLflowModelVersionLink, MLflowRunLink
 
 if TYPE_CHECKING:
@@ -207,7 +214,7 @@ class MLflowEvaluateOperator(BaseOperator):
         return {k: v for k, v in {**metrics, **renamed}.items() if not math.isnan(v)}
 
 
-class MLflowPromoteModelOperator(BaseOperator):
+class MLflowPromoteModelOperator(LineageMixin, BaseOperator):
     """
     Decide whether a challenger version becomes the champion, record why, and move the aliases.
 
@@ -341,6 +348,7 @@ class MLflowPromoteModelOperator(BaseOperator):
             result["compared_to"] or "no champion",
             "; ".join(result["reasons"]),
         )
+        self._record_lineage(hook, asset, result)
         if result["champion_moved"]:
             extra = {k: result[k] for k in ("model_name", "version", "run_id", "model_uri", "metrics")}
             extra["previous_version"] = result["compared_to"]
@@ -351,3 +359,15 @@ class MLflowPromoteModelOperator(BaseOperator):
                 f"(record: {result['record_uri']})"
             )
         return result
+
+    def _record_lineage(self, hook: MLflowHook, asset: Any, result: dict[str, Any]) -> None:
+        """Training set (and what it was split from) -> the model version, with the decision."""
+        tags = hook.client.get_model_version(self.model_name, result["version"]).tags or {}
+        inputs = [
+            LineageDataset(tags.get(TRAINING_SET_TAG, ""), version=tags.get(TRAINING_SET_HASH_TAG) or None),
+            LineageDataset(tags.get(TRAINING_SOURCE_TAG, "")),
+        ]
+        facts = {k: result[k] for k in ("decision", "champion_moved", "metrics", "reasons", "compared_to")}
+        self.record_lineage(
+            inputs=[d for d in inputs if d.uri], outputs=[LineageDataset(asset.uri, result["version"], facts)]
+        )

@@ -191,6 +191,7 @@ def log_to_mlflow(args, summary, model, best, trials, metrics, x, features) -> d
         "mlplat.feature_service": summary.get("feature_service") or "",
         "mlplat.training_set.uri": summary["uri"],
         "mlplat.training_set.content_hash": summary.get("content_hash") or "",
+        "mlplat.training_set.source_uri": summary.get("source_uri") or "",
         "mlplat.ray_job_id": job_id,
     }
     with mlflow.start_run(run_name=job_id or None, tags=tags) as run:
