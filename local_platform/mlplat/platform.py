@@ -63,6 +63,8 @@ class Settings:
     :param plugins_folder: Airflow plugins folder (default: the reference bundle's ``plugins/``).
     :param model_server_command: the ``mlplat-model-server`` executable, installed in an environment
         of its own (default: the checkout's ``model_server/.venv``, else the one on ``PATH``).
+    :param openlineage_transport: where Airflow sends OpenLineage events (the OpenLineage provider's
+        transport JSON, e.g. ``{"type": "http", "url": "http://marquez:5000"}``; empty: none are sent).
     :param services: which services to run.
     """
 
@@ -79,6 +81,7 @@ class Settings:
     dags_folder: Path = BUNDLE / "dags"
     plugins_folder: Path = BUNDLE / "plugins"
     model_server_command: str = ""
+    openlineage_transport: str = ""
     services: tuple[str, ...] = ALL_SERVICES
 
     def __post_init__(self) -> None:
@@ -216,6 +219,14 @@ class Platform:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
             "AIRFLOW__MLPLAT__ARTIFACT_ROOT": str(self.home / "artifacts"),
+            **(
+                {
+                    "AIRFLOW__OPENLINEAGE__TRANSPORT": s.openlineage_transport,
+                    "AIRFLOW__OPENLINEAGE__NAMESPACE": "mlplat",
+                }
+                if s.openlineage_transport
+                else {}
+            ),
         }
 
     def ray_env(self) -> dict[str, str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +23,11 @@ def test_the_loop_closes_with_no_manual_step_after_the_feature_run(tmp_path, cap
 
     # Airflow on PostgreSQL, as in production: four components and the REST API write concurrently
     db = postgres_db_factory()
-    with running_platform(tmp_path / "home", ALL_SERVICES, airflow_db_url=db) as platform:
+    lineage = tmp_path / "lineage.jsonl"
+    transport = json.dumps({"type": "file", "log_file_path": str(lineage), "append": True})
+    with running_platform(
+        tmp_path / "home", ALL_SERVICES, airflow_db_url=db, openlineage_transport=transport
+    ) as platform:
         s = platform.settings
         api = AirflowRestClient(
             f"http://127.0.0.1:{s.airflow_port}", "admin", platform.secrets()["airflow_admin_password"]
@@ -85,3 +91,31 @@ def test_the_loop_closes_with_no_manual_step_after_the_feature_run(tmp_path, cap
     assert f"Model versions: v{first} (first champion) -> v{retrained} (after drift)" in printed
     assert f"Serving trip-completion: v{retrained}" in printed and "10% -> 50% -> 100%" in printed
     assert printed.count("monitoring_pipeline") == 3 and "Drift of the drifted traffic" in printed
+    assert lineage_path(lineage, "feast://rides/driver_hourly_stats", "drift://models/trip_completion")
+
+
+def lineage_path(events: Path, source: str, target: str) -> list[str]:
+    """
+    The datasets from ``source`` to ``target`` along the input -> output edges of the OpenLineage
+    COMPLETE events (a dataset is ``namespace/name``: an Asset's URI for the provider's schemes).
+    """
+    edges: dict[str, set[str]] = {}
+    for event in map(json.loads, events.read_text().splitlines()):
+        if event["eventType"] == "COMPLETE":
+            for i in event.get("inputs", []):
+                for o in event.get("outputs", []):
+                    edges.setdefault(f"{i['namespace']}/{i['name']}", set()).add(
+                        f"{o['namespace']}/{o['name']}"
+                    )
+    paths, seen = [[source]], {source}
+    while paths:
+        path = paths.pop(0)
+        if path[-1] == target:
+            return path
+        for step in sorted(edges.get(path[-1], ())):
+            if step not in seen:
+                seen.add(step)
+                paths.append([*path, step])
+    raise AssertionError(
+        f"no lineage from {source} to {target}: { ({k: sorted(v) for k, v in edges.items()}) }"
+    )
