@@ -12,7 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 UV = str(Path(sys.executable).parent / "uv")
 AIRFLOW = "apache-airflow==3.3.*"
-EXTRAS = ("mlflow", "feast", "gx", "ray", "kubernetes", "evidently", "all")
+EXTRAS = ("mlflow", "feast", "gx", "ray", "kubernetes", "evidently", "openlineage", "all")
 #: the last commit whose wheel required every SDK (it installed only with a psutil override)
 TURN_1 = "d9441be"
 
