@@ -11,6 +11,7 @@ from typing import Any
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, MLPlatServiceUnavailable, RolloutFailed
 from airflow_provider_mlplat.extras import require_extra
 from airflow_provider_mlplat.hooks.base import MLPlatHook
+from airflow_provider_mlplat.hooks.kubernetes_api import kubernetes_call
 
 log = logging.getLogger(__name__)
 INFERENCE_SERVICE = {"group": "serving.kserve.io", "version": "v1beta1", "plural": "inferenceservices"}
@@ -414,18 +415,27 @@ class InferenceServiceTarget(RolloutTarget):
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return self._hook().get_custom_object(name=name, namespace=self.namespace, **INFERENCE_SERVICE)
+            with self._call("get"):
+                return self._hook().get_custom_object(
+                    name=name, namespace=self.namespace, **INFERENCE_SERVICE
+                )
         except ApiException as err:
             if err.status == 404:
                 return None
             raise
 
+    def _call(self, verb: str):
+        """:func:`kubernetes_call` for an InferenceService call of this target."""
+        account = f"kubernetes connection {self.config['kubernetes_conn_id']!r}"
+        return kubernetes_call(verb, "inferenceservices.serving.kserve.io", self.namespace, account)
+
     def _patch(self, name: str, body: Any) -> dict[str, Any]:
         hook = self._hook()
         kwargs = {"_content_type": "application/json-patch+json"} if isinstance(body, list) else {}
-        return hook.custom_object_client.patch_namespaced_custom_object(
-            name=name, namespace=self.namespace, body=body, **INFERENCE_SERVICE, **kwargs
-        )
+        with self._call("patch"):
+            return hook.custom_object_client.patch_namespaced_custom_object(
+                name=name, namespace=self.namespace, body=body, **INFERENCE_SERVICE, **kwargs
+            )
 
     def current(self, name):
         """Stable version from the rollout's annotation; canary while ``canaryTrafficPercent`` is set."""
@@ -516,9 +526,10 @@ class InferenceServiceTarget(RolloutTarget):
         existing = self.get(name)
         if existing is None:
             try:
-                return self._hook().create_custom_object(
-                    body=manifest, namespace=self.namespace, **INFERENCE_SERVICE
-                )
+                with self._call("create"):
+                    return self._hook().create_custom_object(
+                        body=manifest, namespace=self.namespace, **INFERENCE_SERVICE
+                    )
             except ApiException as err:
                 if err.status != 409:  # created meanwhile (a retry racing itself): patch it below
                     raise
@@ -602,7 +613,8 @@ class InferenceServiceTarget(RolloutTarget):
         from kubernetes.client.exceptions import ApiException
 
         try:
-            self._hook().delete_custom_object(name=name, namespace=self.namespace, **INFERENCE_SERVICE)
+            with self._call("delete"):
+                self._hook().delete_custom_object(name=name, namespace=self.namespace, **INFERENCE_SERVICE)
         except ApiException as err:
             if err.status == 404:
                 return False

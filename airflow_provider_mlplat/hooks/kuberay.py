@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_mlplat.exceptions import MLPlatConfigError
+from airflow_provider_mlplat.hooks.kubernetes_api import kubernetes_call
 from airflow_provider_mlplat.hooks.ray import (
     TERMINAL_STATUSES,
     JobReader,
@@ -178,11 +179,21 @@ class KubeRayHook(RayHook):
         """The async Kubernetes API client, shared in this event loop (see ``shared_client``)."""
         return shared_client(("kubernetes", self.kubernetes_conn_id), self.async_kubernetes_hook.get_conn)
 
+    def _call(self, verb: str, namespace: str | None = None):
+        """:func:`kubernetes_call` for a RayJob call of this connection."""
+        return kubernetes_call(
+            verb,
+            "rayjobs.ray.io",
+            namespace or self.namespace,
+            f"kubernetes connection {self.kubernetes_conn_id!r}",
+        )
+
     def probe(self) -> str:
         """List the RayJobs of the namespace (proves the API answers and KubeRay's CRD is there)."""
-        found = self.kubernetes_hook.custom_object_client.list_namespaced_custom_object(
-            namespace=self.namespace, **RAYJOB
-        )
+        with self._call("list"):
+            found = self.kubernetes_hook.custom_object_client.list_namespaced_custom_object(
+                namespace=self.namespace, **RAYJOB
+            )
         return f"KubeRay: {len(found.get('items', []))} RayJob(s) in namespace {self.namespace!r}"
 
     # -- manifests ----------------------------------------------------------------------------
@@ -288,7 +299,8 @@ class KubeRayHook(RayHook):
         from kubernetes.client import ApiException
 
         try:
-            obj = self.kubernetes_hook.get_custom_object(name=job_id, namespace=self.namespace, **RAYJOB)
+            with self._call("get"):
+                obj = self.kubernetes_hook.get_custom_object(name=job_id, namespace=self.namespace, **RAYJOB)
         except ApiException as err:
             if err.status == 404:
                 return None
@@ -326,9 +338,10 @@ class KubeRayHook(RayHook):
             job_id, entrypoint, runtime_env, metadata, entrypoint_num_cpus, **cluster_options
         )
         try:
-            created = self.kubernetes_hook.create_custom_object(
-                body=manifest, namespace=self.namespace, **RAYJOB
-            )
+            with self._call("create"):
+                created = self.kubernetes_hook.create_custom_object(
+                    body=manifest, namespace=self.namespace, **RAYJOB
+                )
         except ApiException as err:
             if err.status != 409:
                 raise
@@ -347,7 +360,8 @@ class KubeRayHook(RayHook):
         from kubernetes.client import ApiException
 
         try:
-            self.kubernetes_hook.delete_custom_object(name=job_id, namespace=self.namespace, **RAYJOB)
+            with self._call("delete"):
+                self.kubernetes_hook.delete_custom_object(name=job_id, namespace=self.namespace, **RAYJOB)
         except ApiException as err:
             if err.status != 404:
                 raise
@@ -363,7 +377,10 @@ class KubeRayHook(RayHook):
 
             async def read(job_id: str) -> RayJobState | None:
                 try:
-                    obj = await api.get_namespaced_custom_object(name=job_id, namespace=namespace, **RAYJOB)
+                    with self._call("get", namespace):
+                        obj = await api.get_namespaced_custom_object(
+                            name=job_id, namespace=namespace, **RAYJOB
+                        )
                 except ApiException as err:
                     if err.status == 404:
                         return None
@@ -383,9 +400,10 @@ class KubeRayHook(RayHook):
         namespace = await self.anamespace()
         async with self._async_api() as api_client:
             try:
-                await CustomObjectsApi(api_client).delete_namespaced_custom_object(
-                    name=job_id, namespace=namespace, **RAYJOB
-                )
+                with self._call("delete", namespace):
+                    await CustomObjectsApi(api_client).delete_namespaced_custom_object(
+                        name=job_id, namespace=namespace, **RAYJOB
+                    )
             except ApiException as err:
                 if err.status != 404:
                     raise

@@ -334,5 +334,23 @@ def test_transient_api_errors_do_not_end_the_wait_but_a_dead_api_does(k8s, kuber
 
         event = asyncio.run(blips_then_outage())
     assert event["event"] == "error" and "503" in event["message"]
-    with pytest.raises(MLPlatError, match=f"waiting for kuberay job {job_key(context)} failed: ApiException"):
+    with pytest.raises(MLPlatError) as failed:
         op.execute_complete(context, event)
+    assert (
+        f"waiting for kuberay job {job_key(context)} failed: MLPlatServiceUnavailable: the Kubernetes API "
+        "answered 503 Service Unavailable to get rayjobs.ray.io in namespace 'default': injected"
+        in str(failed.value)
+    )
+
+
+def test_a_refused_call_names_verb_resource_namespace_and_account(k8s, kuberay_conn):
+    k8s.fail_next("POST", "rayjobs", status=403, message='rayjobs.ray.io is forbidden: User '
+                  '"system:serviceaccount:airflow:airflow-worker" cannot create resource "rayjobs"')  # fmt: skip
+    with pytest.raises(MLPlatError) as refused:
+        operator(kuberay_conn).execute(task_context())
+    assert str(refused.value) == (
+        "the Kubernetes API refused to create rayjobs.ray.io in namespace 'default' for service account "
+        "system:serviceaccount:airflow:airflow-worker (403 Forbidden): grant it 'create' on 'rayjobs.ray.io' "
+        "in that namespace"
+    )
+    assert k8s.objects("rayjobs") == []

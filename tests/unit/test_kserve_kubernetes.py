@@ -208,3 +208,23 @@ def test_mode_detection_and_a_service_the_provider_did_not_create(k8s):
                "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": "gs://x"}}}}  # fmt: skip
     target().apply(foreign)
     assert target().current(NAME).stable == "unknown"  # never taken for an empty slot
+
+
+def test_refused_and_failed_api_calls_say_which_call_in_one_line(k8s):
+    from airflow_provider_mlplat.exceptions import MLPlatServiceUnavailable
+
+    k8s.fail_next("GET", "inferenceservices", status=403)
+    with pytest.raises(MLPlatConfigError) as refused:
+        target().get(NAME)
+    assert str(refused.value) == (
+        "the Kubernetes API refused to get inferenceservices.serving.kserve.io in namespace 'default' for "
+        "kubernetes connection 'kubernetes_default' (403 Forbidden): grant it 'get' on "
+        "'inferenceservices.serving.kserve.io' in that namespace"
+    )
+    k8s.fail_next("PATCH", "inferenceservices", status=500, message="etcd timed out")
+    with pytest.raises(MLPlatServiceUnavailable) as failed:
+        target()._patch(NAME, {"metadata": {"labels": {"a": "b"}}})
+    assert str(failed.value) == (
+        "the Kubernetes API answered 500 Internal Server Error to patch inferenceservices.serving.kserve.io "
+        "in namespace 'default': etcd timed out"
+    )
