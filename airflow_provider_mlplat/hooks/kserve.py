@@ -11,7 +11,7 @@ from typing import Any
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, MLPlatServiceUnavailable, RolloutFailed
 from airflow_provider_mlplat.extras import require_extra
 from airflow_provider_mlplat.hooks.base import MLPlatHook
-from airflow_provider_mlplat.hooks.kubernetes_api import kubernetes_call
+from airflow_provider_mlplat.kubernetes_api import kubernetes_call
 
 log = logging.getLogger(__name__)
 INFERENCE_SERVICE = {"group": "serving.kserve.io", "version": "v1beta1", "plural": "inferenceservices"}

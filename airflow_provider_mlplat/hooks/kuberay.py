@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_mlplat.exceptions import MLPlatConfigError
-from airflow_provider_mlplat.hooks.kubernetes_api import kubernetes_call
 from airflow_provider_mlplat.hooks.ray import (
     TERMINAL_STATUSES,
     JobReader,
@@ -24,6 +23,7 @@ from airflow_provider_mlplat.hooks.ray import (
     RayJobState,
     shared_client,
 )
+from airflow_provider_mlplat.kubernetes_api import kubernetes_call
 
 if TYPE_CHECKING:
     from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook, KubernetesHook
