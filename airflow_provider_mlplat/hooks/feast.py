@@ -540,6 +540,8 @@ def _value_type(arrow: pa.DataType) -> str:
             return "VALUE_LIST"
         listed = f"{_value_type(item)}_LIST"
         return listed if listed in ValueType.__members__ else ""
+    if pa.types.is_dictionary(arrow):  # e.g. a pandas category: Feast's reader decodes it
+        return _value_type(arrow.value_type)
     if pa.types.is_large_binary(arrow):  # Feast's reader hands it over as binary
         return "BYTES"
     if pa.types.is_decimal(arrow):  # Feast's conversion takes the Decimal values it reads

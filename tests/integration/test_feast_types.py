@@ -84,6 +84,7 @@ ACCEPTED = [
     ),
     Case("string_from_string", "String", pa.array(["a", None, "c"])),
     Case("string_from_large_string", "String", pa.array(["a", "b", "c"], pa.large_string())),
+    Case("string_from_category", "String", pa.array(["a", "b", "a"]).dictionary_encode()),
     Case("bytes_from_binary", "Bytes", pa.array([b"a\x00", b"", b"c"])),
     Case("bytes_from_large_binary", "Bytes", pa.array([b"a", b"b", b"c"], pa.large_binary())),
     Case("pdf_bytes_from_binary", "PdfBytes", pa.array([b"%PDF-1.7", b"b", b"c"])),

@@ -235,6 +235,7 @@ def test_dag_and_provider_modules_import_no_heavy_sdk():
         (lambda pa: pa.decimal128(5, 2), lambda t: t.Float64, None),
         (lambda pa: pa.struct([("a", pa.string())]), lambda t: t.Map, None),
         (lambda pa: pa.large_string(), lambda t: t.String, None),
+        (lambda pa: pa.dictionary(pa.int32(), pa.string()), lambda t: t.String, None),
         (lambda pa: pa.timestamp("ns", tz="Europe/Paris"), lambda t: t.UnixTimestamp, None),
         (
             lambda pa: pa.float32(),
