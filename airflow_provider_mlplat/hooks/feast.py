@@ -32,8 +32,46 @@ DATA_DIR_ENV = "MLPLAT_FEAST_DATA_DIR"
 _EPSILON = timedelta(microseconds=1)
 #: online stores may keep event times at second precision (SQLite does)
 _TS_PRECISION = timedelta(seconds=1)
-#: numeric Feast value types a source column may hold for a declared feature type
-_COMPATIBLE = {"INT64": {"INT32", "INT64"}, "DOUBLE": {"FLOAT", "DOUBLE"}, "FLOAT": {"FLOAT", "DOUBLE"}}
+#: declared Feast value type -> the other value types (Feast's own mapping of the source's Arrow
+#: type) that Feast 0.67 materializes into it with the right values; a Set reads as its List.
+#: tests/integration/test_feast_types.py checks them against `feast materialize`
+_CONVERTS = {
+    "INT64": {"INT32"},
+    "FLOAT": {"DOUBLE", "INT32", "INT64"},  # declaring Float32 narrows on purpose
+    "DOUBLE": {"INT64", "DECIMAL"},  # Feast takes int64 and Decimal values for a double, not int32
+    "BOOL": {"INT64"},  # ... and int64 values for a bool
+    "STRING": {"JSON"},  # Feast maps large_string to JSON
+    "PDF_BYTES": {"BYTES"},
+    "IMAGE_BYTES": {"BYTES"},
+    "UUID": {"STRING", "JSON"},
+    "TIME_UUID": {"STRING", "JSON"},
+    "DECIMAL": {"STRING", "JSON"},
+    "JSON": {"STRING", "STRUCT"},  # JSON text, or a struct Feast writes as JSON
+    "MAP": {"STRUCT", "STRING", "JSON"},  # a struct, or JSON text
+    "STRUCT": {"STRING", "JSON"},
+    "MAP_LIST": {"STRING", "JSON"},
+    "STRUCT_LIST": {"STRING", "JSON"},
+    "INT64_LIST": {"INT32_LIST"},
+    "FLOAT_LIST": {"DOUBLE_LIST"},
+    "DOUBLE_LIST": {"FLOAT_LIST"},
+    "STRING_LIST": {"JSON_LIST"},
+    "JSON_LIST": {"STRING_LIST"},
+    "UUID_LIST": {"STRING_LIST", "JSON_LIST"},
+    "TIME_UUID_LIST": {"STRING_LIST", "JSON_LIST"},
+    "DECIMAL_LIST": {"STRING_LIST", "JSON_LIST"},
+}
+#: source value types Feast's mapping gives but its materialization cannot write (0.67)
+_UNWRITABLE = {
+    "MAP": "Feast reads a parquet map column as arrays of key-value pairs and fails on them: "
+    "store the map as a struct or as JSON text",
+    "MAP_LIST": "Feast reads a list column as arrays and fails on them: store the list of maps as JSON text",
+}
+#: why Feast 0.67 fails on a declared type whatever the Arrow type
+_NO_SOURCE = {
+    "ZONED_TIMESTAMP": "Feast materializes no Arrow column as a ZonedTimestamp (it gets numpy datetimes, "
+    "not the datetime objects it wants)",
+    "SCALAR_MAP": "Feast materializes no Arrow column as a ScalarMap (it cannot read a parquet map column)",
+}
 
 
 @dataclass(frozen=True)
@@ -300,6 +338,7 @@ class FeastHook(MLPlatHook):
                 f"feature view {fv.name!r}: reading its source {_describe(source)} for "
                 f"[{start.isoformat()}, {end.isoformat()}) failed: {type(err).__name__}: {err}"
             ) from err
+        table = _whole_numbers_as_integers(fv, table)
         problems = _schema_problems(fv, table.schema)
         if problems:
             raise MLPlatValidationFailed(
@@ -425,28 +464,94 @@ class FeastHook(MLPlatHook):
 
 
 def _schema_problems(fv: FeatureView, schema: pa.Schema) -> list[str]:
-    """What is missing from, or has the wrong type in, a source schema for a feature view."""
-    from feast.type_map import pa_to_feast_value_type
-
+    """What is missing from, or has a type Feast cannot materialize in, a source schema for a feature view."""
     source = fv.batch_source
     mapping = source.field_mapping or {}
-    declared = {c.name: c.dtype.to_value_type() for c in fv.entity_columns}
-    declared.update({f.name: f.dtype.to_value_type() for f in fv.features})
+    declared = {c.name: c.dtype for c in fv.entity_columns}
+    declared.update({f.name: f.dtype for f in fv.features})
     problems = []
-    for name, value_type in declared.items():
+    for name, dtype in declared.items():
         column = _source_name(mapping, name)
         if column not in schema.names:
             problems.append(f"column {column!r} is missing")
             continue
-        found_type = schema.field(column).type
-        found = pa_to_feast_value_type(str(found_type))
-        if found.name not in _COMPATIBLE.get(value_type.name, {value_type.name}):
-            problems.append(
-                f"column {column!r} is {found_type} ({found.name}), the feature view declares {value_type.name}"
-            )
+        problem = _type_problem(schema.field(column).type, dtype)
+        if problem:
+            problems.append(f"column {column!r} is {problem}")
     if source.timestamp_field not in schema.names:
         problems.append(f"timestamp column {source.timestamp_field!r} is missing")
     return problems
+
+
+def _whole_numbers_as_integers(fv: FeatureView, table: pa.Table) -> pa.Table:
+    """
+    Feast's file reader passes the data through pandas, which turns an integer column with nulls into
+    floats: cast such a column of a declared integer back when every value is whole.
+    """
+    import pyarrow as pa
+    from feast.type_map import feast_value_type_to_pa
+
+    mapping = fv.batch_source.field_mapping or {}
+    for field in [*fv.entity_columns, *fv.features]:
+        column = _source_name(mapping, field.name)
+        value_type = field.dtype.to_value_type()
+        if column not in table.column_names or value_type.name not in ("INT32", "INT64"):
+            continue
+        if pa.types.is_floating(table.schema.field(column).type):
+            with contextlib.suppress(pa.ArrowInvalid):  # a fraction or out of range: the check says so
+                integers = table.column(column).cast(feast_value_type_to_pa(value_type))
+                table = table.set_column(table.column_names.index(column), column, integers)
+    return table
+
+
+def _type_problem(arrow: pa.DataType, dtype: Any) -> str | None:
+    """Why Feast cannot materialize a source column of an Arrow type as a Feast type, or None."""
+    import pyarrow as pa
+    from feast.types import Struct
+
+    declared, found = dtype.to_value_type().name, _value_type(arrow)
+    described = f"{arrow} ({found or 'no Feast type'}), the feature view declares {declared} ({dtype})"
+    if declared in _NO_SOURCE:
+        return f"{described}: {_NO_SOURCE[declared]}"
+    if found in _UNWRITABLE:
+        return f"{described}: {_UNWRITABLE[found]}"
+    listed = declared.replace("_SET", "_LIST")  # Feast reads a set from a list column
+    if found not in {"NULL", listed, *_CONVERTS.get(listed, ())}:  # NULL: all values missing
+        return described
+    if isinstance(dtype, Struct) and pa.types.is_struct(arrow):
+        fields = sorted(arrow.field(i).name for i in range(arrow.num_fields))
+        if fields != sorted(dtype.fields):
+            return f"{described}: its fields {fields} are not the declared {sorted(dtype.fields)}"
+    return None
+
+
+def _value_type(arrow: pa.DataType) -> str:
+    """
+    Feast's value type of an Arrow type (its ``pa_to_feast_value_type``), with every list spelling
+    (parquet's ``element``, large, fixed size) read as a list; '' when Feast has none.
+    """
+    import pyarrow as pa
+    from feast.type_map import pa_to_feast_value_type
+    from feast.value_type import ValueType
+
+    if pa.types.is_list(arrow) or pa.types.is_large_list(arrow) or pa.types.is_fixed_size_list(arrow):
+        item = arrow.value_type
+        if pa.types.is_list(item) or pa.types.is_large_list(item) or pa.types.is_fixed_size_list(item):
+            return "VALUE_LIST"
+        listed = f"{_value_type(item)}_LIST"
+        return listed if listed in ValueType.__members__ else ""
+    if pa.types.is_dictionary(arrow):  # e.g. a pandas category: Feast's reader decodes it
+        return _value_type(arrow.value_type)
+    if pa.types.is_large_binary(arrow):  # Feast's reader hands it over as binary
+        return "BYTES"
+    if pa.types.is_decimal(arrow):  # Feast's conversion takes the Decimal values it reads
+        return "DECIMAL"
+    if pa.types.is_date(arrow):  # Feast's reader hands dates over as midnight UTC timestamps
+        return "UNIX_TIMESTAMP"
+    try:
+        return pa_to_feast_value_type(str(arrow)).name
+    except KeyError:
+        return ""
 
 
 def _changed(diff: Any) -> bool:

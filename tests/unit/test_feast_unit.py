@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -221,3 +222,72 @@ def test_dag_and_provider_modules_import_no_heavy_sdk():
     )
     out = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.parametrize(
+    ("arrow", "dtype", "problem"),
+    [
+        (lambda pa: pa.list_(pa.string()), lambda t: t.Array(t.String), None),
+        # parquet's list spelling
+        (lambda pa: pa.list_(pa.field("element", pa.string())), lambda t: t.Array(t.String), None),
+        (lambda pa: pa.large_list(pa.int64()), lambda t: t.Set(t.Int64), None),
+        (lambda pa: pa.list_(pa.int64(), 4), lambda t: t.Array(t.Int64), None),
+        (lambda pa: pa.decimal128(5, 2), lambda t: t.Float64, None),
+        (lambda pa: pa.struct([("a", pa.string())]), lambda t: t.Map, None),
+        (lambda pa: pa.large_string(), lambda t: t.String, None),
+        (lambda pa: pa.dictionary(pa.int32(), pa.string()), lambda t: t.String, None),
+        (lambda pa: pa.timestamp("ns", tz="Europe/Paris"), lambda t: t.UnixTimestamp, None),
+        (
+            lambda pa: pa.float32(),
+            lambda t: t.Float64,
+            r"^float \(FLOAT\), the feature view declares DOUBLE \(Float64\)$",
+        ),
+        (
+            lambda pa: pa.map_(pa.string(), pa.string()),
+            lambda t: t.Map,
+            r"declares MAP \(Map\): Feast reads a parquet map column",
+        ),
+        (
+            lambda pa: pa.timestamp("us", tz="UTC"),
+            lambda t: t.ZonedTimestamp,
+            r"Feast materializes no Arrow column as a ZonedTimestamp",
+        ),
+        (
+            lambda pa: pa.struct([("z", pa.float64())]),
+            lambda t: t.Struct({"a": t.String}),
+            r"its fields \['z'\] are not the declared \['a'\]",
+        ),
+        (
+            lambda pa: pa.binary(16),
+            lambda t: t.Uuid,
+            r"^fixed_size_binary\[16\] \(no Feast type\), the feature view declares UUID",
+        ),
+    ],
+)
+def test_column_types_are_read_as_feast_reads_them(arrow, dtype, problem):
+    import feast.types
+    import pyarrow as pa
+
+    from airflow_provider_mlplat.hooks.feast import _type_problem
+
+    found = _type_problem(arrow(pa), dtype(feast.types))
+    assert found is None if problem is None else re.search(problem, found), found
+
+
+def test_integers_pandas_made_floats_are_restored_only_when_whole():
+    import pyarrow as pa
+    from feast import Entity, FeatureView, Field, FileSource
+    from feast.types import Int64
+
+    from airflow_provider_mlplat.hooks.feast import _whole_numbers_as_integers
+
+    fv = FeatureView(
+        name="v",
+        entities=[Entity(name="e", join_keys=["id"])],
+        schema=[Field(name="id", dtype=Int64), Field(name="n", dtype=Int64), Field(name="x", dtype=Int64)],
+        source=FileSource(path="v.parquet", timestamp_field="ts"),
+    )
+    table = pa.table({"id": [1.0, 2.0], "n": [1.0, None], "x": [1.5, 2.0]})
+    restored = _whole_numbers_as_integers(fv, table)
+    assert restored.schema.types == [pa.int64(), pa.int64(), pa.float64()]
+    assert restored.column("n").to_pylist() == [1, None]
