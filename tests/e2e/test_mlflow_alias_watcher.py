@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from tests.conftest import free_port, free_port_block
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -36,14 +37,6 @@ def on_champion_change():
 
 on_champion_change()
 """
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(1)
-    return value
 
 
 @pytest.fixture
@@ -95,18 +88,20 @@ def test_a_champion_moved_by_hand_schedules_one_run_per_move_across_a_triggerer_
         return found[0]["id"] if found else None
 
     def watched_state() -> dict:
-        entries = api.http.get(f"/assets/{wait_until(asset_id, 60, 'the asset')}/state-store").json()
+        asset = wait_for(asset_id, 60, "the asset", interval=1)
+        entries = api.http.get(f"/assets/{asset}/state-store").json()
         return {e["key"]: e["value"] for e in entries["asset_state_store"]}
 
     def runs() -> list[dict]:
         return api.http.get("/dags/on_champion_change/dagRuns").json()["dag_runs"]
 
     key = f"mlflow_alias:{name}@champion"
-    wait_until(lambda: key in watched_state(), 120, "the triggerer to start the watcher")  # baseline noted
+    # the watcher's first poll notes the baseline
+    wait_for(lambda: key in watched_state(), 120, "the triggerer to start the watcher", interval=1)
     assert runs() == []
 
     mlflow.set_registered_model_alias(name, "champion", "1")  # by hand, as in the MLflow UI
-    wait_until(lambda: len(runs()) == 1, 90, "a run for the move to v1")
+    wait_for(lambda: len(runs()) == 1, 90, "a run for the move to v1", interval=1)
     mlflow.set_registered_model_alias(name, "champion", "1")  # the same version again
     time.sleep(5)  # five polls
     assert len(runs()) == 1
@@ -115,7 +110,7 @@ def test_a_champion_moved_by_hand_schedules_one_run_per_move_across_a_triggerer_
     rpc.stopProcess("airflow-triggerer")
     mlflow.set_registered_model_alias(name, "champion", "2")  # moved while no triggerer runs
     rpc.startProcess("airflow-triggerer")
-    wait_until(lambda: len(runs()) == 2, 120, "a run for the move to v2 made during the restart")
+    wait_for(lambda: len(runs()) == 2, 120, "a run for the move to v2 made during the restart", interval=1)
     time.sleep(5)
     assert len(runs()) == 2, "a move was repeated after the triggerer restart"
     assert watched_state()[key] == "2"
