@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import textwrap
-import time
 import uuid
 
 import pytest
@@ -66,6 +65,7 @@ def platform(tmp_path):
         platform.down()
 
 
+@pytest.mark.timeout(600)  # 1.5 min on a quiet machine, 4.4 min with fixtures on a loaded one
 def test_a_champion_moved_by_hand_schedules_one_run_per_move_across_a_triggerer_restart(platform):
     from mlflow import MlflowClient
 
@@ -95,6 +95,16 @@ def test_a_champion_moved_by_hand_schedules_one_run_per_move_across_a_triggerer_
     def runs() -> list[dict]:
         return api.http.get("/dags/on_champion_change/dagRuns").json()["dag_runs"]
 
+    access_log = platform.home / "logs" / "mlflow.log"
+
+    def alias_reads() -> int:  # the watcher's polls, as MLflow's access log shows them
+        lines = access_log.read_text(errors="replace").splitlines()
+        return sum("GET /api/2.0/mlflow/registered-models/alias?" in line and name in line for line in lines)
+
+    def polls(n: int) -> None:
+        target = alias_reads() + n
+        wait_for(lambda: alias_reads() >= target, 60, f"{n} more polls of the watcher", 0.5)
+
     key = f"mlflow_alias:{name}@champion"
     # the watcher's first poll notes the baseline
     wait_for(lambda: key in watched_state(), 120, "the triggerer to start the watcher", interval=1)
@@ -103,7 +113,7 @@ def test_a_champion_moved_by_hand_schedules_one_run_per_move_across_a_triggerer_
     mlflow.set_registered_model_alias(name, "champion", "1")  # by hand, as in the MLflow UI
     wait_for(lambda: len(runs()) == 1, 90, "a run for the move to v1", interval=1)
     mlflow.set_registered_model_alias(name, "champion", "1")  # the same version again
-    time.sleep(5)  # five polls
+    polls(5)
     assert len(runs()) == 1
 
     rpc = platform.rpc()
@@ -111,7 +121,7 @@ def test_a_champion_moved_by_hand_schedules_one_run_per_move_across_a_triggerer_
     mlflow.set_registered_model_alias(name, "champion", "2")  # moved while no triggerer runs
     rpc.startProcess("airflow-triggerer")
     wait_for(lambda: len(runs()) == 2, 120, "a run for the move to v2 made during the restart", interval=1)
-    time.sleep(5)
+    polls(5)
     assert len(runs()) == 2, "a move was repeated after the triggerer restart"
     assert watched_state()[key] == "2"
 
