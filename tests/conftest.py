@@ -46,6 +46,35 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def _fail_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"skipped under CI=true, not marked expected_skip: {reason.removeprefix('Skipped: ')}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    """Under CI=true a skip fails the test unless it is marked ``@pytest.mark.expected_skip(reason)``."""
+    report = yield
+    if (
+        IN_CI
+        and report.skipped
+        and not hasattr(report, "wasxfail")
+        and not item.get_closest_marker("expected_skip")
+    ):
+        _fail_skip(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> pytest.CollectReport:
+    """Under CI=true a module skipped as a whole fails too (a marker cannot excuse it)."""
+    report = yield
+    if IN_CI and report.skipped:
+        _fail_skip(report)
+    return report
+
+
 def set_connection(conn_id: str, **fields: Any) -> None:
     """Define an Airflow connection for this test session through the environment."""
     os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(fields)

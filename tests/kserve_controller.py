@@ -39,6 +39,7 @@ class FakeKServeController:
         self.revisions: dict[str, list[dict[str, Any]]] = {}
         self.rolled_out: dict[str, int] = {}
         self.previous: dict[str, int] = {}
+        self.passes = 0  # reconcile passes over all objects so far (a test waits for one to finish)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fake-kserve", daemon=True)
 
@@ -54,6 +55,7 @@ class FakeKServeController:
         while not self._stop.wait(0.05):
             for isvc in self.k8s.objects(PLURAL):
                 self.reconcile(isvc)
+            self.passes += 1
 
     def reconcile(self, isvc: dict[str, Any]) -> None:
         """Write the status of the object's current generation, as KServe would."""

@@ -13,6 +13,7 @@ from tests.services import running_platform
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.timeout(900)  # ~8 min on a quiet 2-core machine
 def test_the_loop_closes_with_no_manual_step_after_the_feature_run(tmp_path, capsys, postgres_db_factory):
     import httpx
 

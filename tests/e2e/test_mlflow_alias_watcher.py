@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import textwrap
-import time
 import uuid
 
 import pytest
 
 from tests.conftest import free_port, free_port_block
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -38,14 +38,6 @@ on_champion_change()
 """
 
 
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(1)
-    return value
-
-
 @pytest.fixture
 def platform(tmp_path):
     """MLflow and the four Airflow components, with a DAGs folder holding only the watcher DAG."""
@@ -73,6 +65,7 @@ def platform(tmp_path):
         platform.down()
 
 
+@pytest.mark.timeout(600)  # 1.5 min on a quiet machine, 4.4 min with fixtures on a loaded one
 def test_a_champion_moved_by_hand_schedules_one_run_per_move_across_a_triggerer_restart(platform):
     from mlflow import MlflowClient
 
@@ -95,28 +88,40 @@ def test_a_champion_moved_by_hand_schedules_one_run_per_move_across_a_triggerer_
         return found[0]["id"] if found else None
 
     def watched_state() -> dict:
-        entries = api.http.get(f"/assets/{wait_until(asset_id, 60, 'the asset')}/state-store").json()
+        asset = wait_for(asset_id, 60, "the asset", interval=1)
+        entries = api.http.get(f"/assets/{asset}/state-store").json()
         return {e["key"]: e["value"] for e in entries["asset_state_store"]}
 
     def runs() -> list[dict]:
         return api.http.get("/dags/on_champion_change/dagRuns").json()["dag_runs"]
 
+    access_log = platform.home / "logs" / "mlflow.log"
+
+    def alias_reads() -> int:  # the watcher's polls, as MLflow's access log shows them
+        lines = access_log.read_text(errors="replace").splitlines()
+        return sum("GET /api/2.0/mlflow/registered-models/alias?" in line and name in line for line in lines)
+
+    def polls(n: int) -> None:
+        target = alias_reads() + n
+        wait_for(lambda: alias_reads() >= target, 60, f"{n} more polls of the watcher", 0.5)
+
     key = f"mlflow_alias:{name}@champion"
-    wait_until(lambda: key in watched_state(), 120, "the triggerer to start the watcher")  # baseline noted
+    # the watcher's first poll notes the baseline
+    wait_for(lambda: key in watched_state(), 120, "the triggerer to start the watcher", interval=1)
     assert runs() == []
 
     mlflow.set_registered_model_alias(name, "champion", "1")  # by hand, as in the MLflow UI
-    wait_until(lambda: len(runs()) == 1, 90, "a run for the move to v1")
+    wait_for(lambda: len(runs()) == 1, 90, "a run for the move to v1", interval=1)
     mlflow.set_registered_model_alias(name, "champion", "1")  # the same version again
-    time.sleep(5)  # five polls
+    polls(5)
     assert len(runs()) == 1
 
     rpc = platform.rpc()
     rpc.stopProcess("airflow-triggerer")
     mlflow.set_registered_model_alias(name, "champion", "2")  # moved while no triggerer runs
     rpc.startProcess("airflow-triggerer")
-    wait_until(lambda: len(runs()) == 2, 120, "a run for the move to v2 made during the restart")
-    time.sleep(5)
+    wait_for(lambda: len(runs()) == 2, 120, "a run for the move to v2 made during the restart", interval=1)
+    polls(5)
     assert len(runs()) == 2, "a move was repeated after the triggerer restart"
     assert watched_state()[key] == "2"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import time
 import uuid
 
 import httpx
@@ -16,6 +15,7 @@ from airflow_provider_mlplat.hooks.prometheus import PrometheusHook
 from airflow_provider_mlplat.operators.evidently import PUSH_JOB, drift_samples
 from tests.conftest import REPO, set_connection, unavailable
 from tests.services import running_platform
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 DASHBOARDS = sorted((REPO / "include" / "grafana").glob("*.json"))
@@ -115,25 +115,26 @@ def test_every_panel_query_parses_and_returns_series(platform):
     stop = threading.Event()
     sender = threading.Thread(target=traffic, args=(platform["url"], platform["deployment"], stop))
     sender.start()
-    try:
-        empty: dict[tuple[str, str, str], str] = {}
-        deadline = time.monotonic() + 120  # a wait for scrapes, not a timing assertion
-        while True:
-            empty = {}
-            for query in queries():
-                try:
-                    result = prometheus.query(query[2])
-                except MLPlatServiceUnavailable as err:  # what Prometheus says of invalid PromQL
-                    pytest.fail(f"{query[0]} / {query[1]}: {err}")
-                if not result:
-                    empty[query] = "no series"
-            if not empty or time.monotonic() > deadline:
-                break
-            time.sleep(2)
+    empty: list[tuple[str, str, str]] = []
+
+    def every_query_has_series() -> bool:
+        empty.clear()
+        for query in queries():
+            try:
+                result = prometheus.query(query[2])
+            except MLPlatServiceUnavailable as err:  # what Prometheus says of invalid PromQL
+                pytest.fail(f"{query[0]} / {query[1]}: {err}")
+            if not result:
+                empty.append(query)
+        return not empty
+
+    try:  # a wait for scrapes, not a timing assertion
+        wait_for(
+            every_query_has_series, 120, lambda: f"series of every panel query; none for {sorted(empty)}", 2
+        )
     finally:
         stop.set()
         sender.join()
-    assert not empty, f"panel queries without series: {sorted(empty)}"
     served = prometheus.query(
         f'sum by (model_version) (mlplat_inference_requests_total{{deployment="{platform["deployment"]}"}})'
     )

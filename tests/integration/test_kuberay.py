@@ -15,6 +15,7 @@ from airflow_provider_mlplat.hooks.kuberay import RAYJOB
 from airflow_provider_mlplat.operators.ray import RESULT_MARKER, RayJobOperator, job_key
 from tests.conftest import REPO, set_connection
 from tests.ray_support import first_event, rebuilt, run_to_end, task_context
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -289,8 +290,15 @@ def test_triggerer_restart_resumes_the_same_rayjob_and_deletes_nothing(k8s, kube
         trigger = rebuilt(deferred.value.trigger)
 
         async def run_until_restart():
+            before = k8s.count("GET", "rayjobs")
             task = asyncio.create_task(first_event(trigger))
-            await asyncio.sleep(1)  # polling while the job runs
+            await asyncio.to_thread(
+                wait_for,
+                lambda: k8s.count("GET", "rayjobs") >= before + 3,
+                30,
+                "three reads while it runs",
+                0.05,
+            )
             task.cancel()  # the triggerer stops: the trigger is cancelled and cleaned up
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -298,7 +306,7 @@ def test_triggerer_restart_resumes_the_same_rayjob_and_deletes_nothing(k8s, kube
 
         asyncio.run(run_until_restart())
         reads = k8s.count("GET", "rayjobs")
-        assert reads >= 5 and k8s.objects("rayjobs")[0]["status"]["jobStatus"] == "RUNNING"
+        assert k8s.objects("rayjobs")[0]["status"]["jobStatus"] == "RUNNING"
 
         controller.release(job_key(context))
         event = asyncio.run(first_event(rebuilt(trigger)))  # a new triggerer rebuilds it from the DB
@@ -326,8 +334,13 @@ def test_transient_api_errors_do_not_end_the_wait_but_a_dead_api_does(k8s, kuber
 
         async def blips_then_outage():
             waiting = asyncio.create_task(first_event(trigger))
-            while k8s.count("GET", "rayjobs") < 6:  # three failed reads, then reads succeed again
-                await asyncio.sleep(0.05)
+            await asyncio.to_thread(
+                wait_for,
+                lambda: k8s.count("GET", "rayjobs") >= 6,
+                30,
+                "three failed reads, then good ones",
+                0.05,
+            )
             assert not waiting.done()
             k8s.fail_next("GET", "rayjobs", status=503, times=None)  # the API stays down
             return await waiting

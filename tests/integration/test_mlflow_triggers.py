@@ -11,6 +11,7 @@ from airflow_provider_mlplat.exceptions import MLPlatValidationFailed
 from airflow_provider_mlplat.hooks.base import scoped_env
 from airflow_provider_mlplat.hooks.mlflow import MLflowHook
 from airflow_provider_mlplat.triggers.mlflow import MLflowAliasChangedTrigger, MLflowModelVersionTrigger
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 POLL = 0.1
@@ -30,22 +31,44 @@ async def consume(trigger, events: list) -> None:
         events.append(event.payload)
 
 
-async def by_hand(*call) -> None:
-    """A registry change made outside Airflow (like a click in the MLflow UI), then a few polls."""
-    client = MLflowHook().client
-    await asyncio.to_thread(getattr(client, call[0]), *call[1:])
-    await asyncio.sleep(10 * POLL)
+class Polls:
+    """Counts a trigger's registry reads (the real reads run), so a test waits for polls, not for time."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, read: str) -> None:
+        self.count = 0
+        real = getattr(MLflowHook, read)
+
+        def counted(hook, *args):
+            try:
+                return real(hook, *args)
+            finally:
+                self.count += 1
+
+        monkeypatch.setattr(MLflowHook, read, counted)
+
+    async def settle(self) -> None:
+        """Wait for three more reads: the second starts after now, the third after its poll was handled."""
+        target = self.count + 3
+        await asyncio.to_thread(wait_for, lambda: self.count >= target, 30, "three polls", POLL / 2)
+
+    async def by_hand(self, *call) -> None:
+        """A registry change made outside Airflow (like a click in the MLflow UI), then the polls that see it."""
+        client = MLflowHook().client
+        await asyncio.to_thread(getattr(client, call[0]), *call[1:])
+        await self.settle()
 
 
-def test_alias_trigger_fires_exactly_once_per_move_made_outside_airflow(mlflow_server):
+def test_alias_trigger_fires_exactly_once_per_move_made_outside_airflow(mlflow_server, monkeypatch):
     name = model_with_versions(2)
     MLflowHook().client.set_registered_model_alias(name, "champion", "1")
+    polls = Polls(monkeypatch, "alias_version")
+    by_hand = polls.by_hand
 
     async def scenario() -> list[list[dict]]:
         events: list[dict] = []
         watch = asyncio.create_task(consume(MLflowAliasChangedTrigger(name, poll_interval=POLL), events))
         snapshots = []
-        await asyncio.sleep(10 * POLL)  # the first poll notes v1: no event
+        await polls.settle()  # the first poll notes v1: no event
         snapshots.append(list(events))
         await by_hand("set_registered_model_alias", name, "champion", "2")
         snapshots.append(list(events))
@@ -78,8 +101,9 @@ def test_alias_trigger_fires_exactly_once_per_move_made_outside_airflow(mlflow_s
     assert [(e["version"], e["previous_version"]) for e in reset] == [("2", "1"), ("1", "2"), ("2", None)]
 
 
-def test_version_trigger_waits_for_an_alias_to_reach_a_newer_ready_version(mlflow_server):
+def test_version_trigger_waits_for_an_alias_to_reach_a_newer_ready_version(mlflow_server, monkeypatch):
     name = model_with_versions(2)
+    by_hand = Polls(monkeypatch, "version_ready").by_hand
 
     async def scenario():
         events: list[dict] = []
@@ -87,8 +111,8 @@ def test_version_trigger_waits_for_an_alias_to_reach_a_newer_ready_version(mlflo
         wait = asyncio.create_task(consume(trigger, events))
         await by_hand("set_registered_model_alias", name, "challenger", "1")  # not newer than 1
         waiting = list(events)
-        await by_hand("set_registered_model_alias", name, "challenger", "2")
-        await asyncio.wait_for(wait, 5)
+        await asyncio.to_thread(MLflowHook().client.set_registered_model_alias, name, "challenger", "2")
+        await asyncio.wait_for(wait, 30)  # the trigger's event ends it
         return waiting, events
 
     waiting, events = asyncio.run(scenario())

@@ -52,6 +52,7 @@ def listening_addresses(procs) -> set[str]:
     return addresses
 
 
+@pytest.mark.timeout(900)  # the demo runs every reference DAG: 1.5-6 min measured
 def test_up_status_demo_down(tmp_path):
     home = str(tmp_path / "home")
     up = mlplat("up", "--home", home, *port_args())
@@ -111,6 +112,7 @@ def test_a_taken_port_is_named_and_nothing_starts(tmp_path):
     assert not Platform(Settings(home=tmp_path)).supervisor_running()
 
 
+@pytest.mark.timeout(600)  # up to 3 min measured
 def test_postgres_backends_for_airflow_and_mlflow(tmp_path, postgres_db_factory):
     postgres_url, mlflow_db = postgres_db_factory(), postgres_db_factory()
     platform = Platform(

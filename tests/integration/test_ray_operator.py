@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 from airflow.sdk.exceptions import TaskDeferred
@@ -13,6 +12,7 @@ from airflow_provider_mlplat.exceptions import MLPlatError
 from airflow_provider_mlplat.hooks.ray import RayHook
 from airflow_provider_mlplat.operators.ray import RESULT_MARKER, RayJobOperator, job_key
 from tests.ray_support import first_event, rebuilt, run_to_end, task_context
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,10 +33,14 @@ def jobs_of(context) -> list[str]:
 
 
 def wait_status(job_id: str, wanted: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while (state := RayHook().get_job(job_id)) is None or state.status != wanted:
-        assert time.monotonic() < deadline, f"job {job_id} is {state and state.status}, not {wanted}"
-        time.sleep(0.2)
+    seen: list[str | None] = [None]
+
+    def reached() -> bool:
+        state = RayHook().get_job(job_id)
+        seen[0] = state and state.status
+        return seen[0] == wanted
+
+    wait_for(reached, timeout, lambda: f"job {job_id} to be {wanted} (it is {seen[0]})", 0.2)
 
 
 RESULT = f"""
@@ -124,11 +128,15 @@ def test_not_deferred_streams_the_log_and_kill_stops_the_job(ray_cluster, tmp_pa
 
     worker = threading.Thread(target=run)
     worker.start()
-    printed, deadline = "", time.monotonic() + 60
-    while "] started " not in printed:  # the task log (structlog, on stdout) shows it while it runs
-        assert time.monotonic() < deadline and worker.is_alive(), (outcome, printed)
-        time.sleep(0.1)
-        printed += capsys.readouterr().out
+    lines: list[str] = []
+
+    def started() -> bool:  # the task log (structlog, on stdout) shows it while it runs
+        assert worker.is_alive(), (outcome, lines)
+        lines.append(capsys.readouterr().out)
+        return "] started " in "".join(lines)
+
+    wait_for(started, 60, "the job's first line in the task log", 0.1)
+    printed = "".join(lines)
     op.on_kill()
     worker.join(timeout=60)
     printed += capsys.readouterr().out

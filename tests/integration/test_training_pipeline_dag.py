@@ -28,6 +28,7 @@ def rides_history(tmp_path):
     return tmp_path / "data"
 
 
+@pytest.mark.timeout(600)  # up to 3.5 min measured
 def test_training_pipeline_trains_on_ray_evaluates_on_the_holdout_and_promotes(
     run_dag, ray_cluster, mlflow_server, rides_history
 ):

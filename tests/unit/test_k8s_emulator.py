@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import queue
-import statistics
 import threading
 import time
 import urllib.request
@@ -478,27 +477,13 @@ async def test_async_hook_custom_objects_round_trip_and_watch(emu, kube_conn):
         assert exc.value.status == 404
 
 
-# -- performance -------------------------------------------------------------------------------------
+# -- a long history -------------------------------------------------------------------------------------
 
 
-def test_per_request_cost_stays_flat_as_history_grows(emu, crd):
+def test_a_long_request_history_is_kept_and_the_object_still_served(emu, crd):
+    """Its per-request cost as the history grows is measured in bench/bench_k8s.py."""
     create(crd, rayjob("a"))
-
-    def batch_median(n=100):
-        samples = []
-        for _ in range(n):
-            started = time.perf_counter()
-            crd.get_namespaced_custom_object(*RAY, NS, "rayjobs", "a")
-            samples.append(time.perf_counter() - started)
-        return statistics.median(samples)
-
-    batch_median(20)  # warm up the connection pool
-    early = batch_median()
     for i in range(1000):
         crd.patch_namespaced_custom_object(*RAY, NS, "rayjobs", "a", {"metadata": {"labels": {"i": str(i)}}})
-    late = batch_median()
-
-    assert len(emu.requests) > 1200
-    assert late < 3 * early, (
-        f"median per request: {early * 1e3:.2f} ms first, {late * 1e3:.2f} ms after 1,000 requests"
-    )
+    assert emu.count("PATCH", "rayjobs") == 1000 and len(emu.requests) == 1001
+    assert crd.get_namespaced_custom_object(*RAY, NS, "rayjobs", "a")["metadata"]["labels"] == {"i": "999"}

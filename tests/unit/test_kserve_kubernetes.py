@@ -11,6 +11,7 @@ from airflow_provider_mlplat.exceptions import MLPlatConfigError
 from airflow_provider_mlplat.hooks.kserve import InferenceServiceTarget, ModelVersionRef, isvc_readiness
 from airflow_provider_mlplat.triggers.kserve import KServeInferenceServiceReadyTrigger
 from tests.kserve_controller import FakeKServeController
+from tests.waiting import wait_for
 
 ORIGIN = {
     "dag_id": "deployment pipeline!",
@@ -123,7 +124,8 @@ def test_a_ready_status_of_the_previous_generation_is_not_ready(k8s):
         assert wait_ready(t, t.stage(NAME, ref("1"), None, ORIGIN, direct=False))["status"] == "ready"
         controller.behaviour = "stale"
         expect = t.stage(NAME, ref("2"), t.current(NAME), ORIGIN, direct=False)
-        time.sleep(0.2)
+        after = controller.passes + 1  # a pass that started after the change has ended
+        wait_for(lambda: controller.passes > after, 10, "a reconcile pass of the new generation", 0.05)
         isvc = stored(k8s)
         assert {c["type"]: c["status"] for c in isvc["status"]["conditions"]}["Ready"] == "True"
         assert isvc_readiness(isvc, expect["generation"]) == (

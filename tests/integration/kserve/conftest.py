@@ -7,6 +7,7 @@ import importlib
 import random
 import shutil
 import threading
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -171,11 +172,12 @@ class Traffic:
         self._thread.join()
 
 
-def run_operator(operator, run_id: str | None = None) -> tuple[Any, dict[str, Any]]:
+def run_operator(operator, run_id: str | None = None, timeout: float = 240) -> tuple[Any, dict[str, Any]]:
     """
     Run an operator the way Airflow does across deferrals: execute, and on each TaskDeferred
     round-trip the trigger and its kwargs through Airflow's serialization, run the trigger to its
-    first event, and resume with the method it named. Returns (result, context).
+    first event, and resume with the method it named. Returns (result, context); fails when the
+    triggers have not let the operator finish within ``timeout`` seconds.
     """
     from airflow.sdk.exceptions import TaskDeferred
     from airflow.sdk.execution_time.context import OutletEventAccessors
@@ -189,6 +191,7 @@ def run_operator(operator, run_id: str | None = None) -> tuple[Any, dict[str, An
     )
     context: dict[str, Any] = {"ti": ti, "outlet_events": OutletEventAccessors()}
     method, kwargs = operator.execute, {}
+    deadline = time.monotonic() + timeout
     while True:
         try:
             return method(context, **kwargs), context
@@ -196,7 +199,12 @@ def run_operator(operator, run_id: str | None = None) -> tuple[Any, dict[str, An
             classpath, trigger_kwargs = deferred.trigger.serialize()
             module, _, cls = classpath.rpartition(".")
             trigger = getattr(importlib.import_module(module), cls)(**deserialize(serialize(trigger_kwargs)))
-            event = asyncio.run(_first_event(trigger))
+            try:
+                event = asyncio.run(asyncio.wait_for(_first_event(trigger), deadline - time.monotonic()))
+            except TimeoutError:
+                raise AssertionError(
+                    f"{operator.task_id} not done after {timeout:g} s, waiting on {cls}"
+                ) from None
             method = getattr(operator, deferred.method_name)
             kwargs = {**deserialize(serialize(deferred.kwargs or {})), "event": event.payload}
 

@@ -34,7 +34,9 @@ def test_first_rollout_canary_promotion_and_rollback_of_a_slow_champion(
     conf = {
         "model_name": model,
         "canary_steps": [10, 50, 100],
-        "analysis": {"window_seconds": 3, "min_requests": 2},
+        # with a 50 ms p99 floor only canary requests slower than 100 ms (2 x the floor) can fail a good
+        # canary, not the few-ms stalls of a loaded machine; the slow model (200 ms a request) still fails
+        "analysis": {"window_seconds": 3, "min_requests": 2, "p99_floor_seconds": 0.05},
     }
 
     # first deployment: nothing serves yet, so the champion takes all traffic after its smoke request

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -11,6 +10,7 @@ import pytest
 from airflow_provider_mlplat.inference_log import read_inference_log
 from airflow_provider_mlplat.operators.kserve import v2_request
 from tests.integration.kserve.conftest import FEATURES, rows
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -21,16 +21,6 @@ def load(serving, model_id: str) -> httpx.Response:
 
 def put(serving, name: str, **body) -> httpx.Response:
     return httpx.put(f"{serving.url}/mlplat/v1/deployments/{name}", json=body, timeout=30)
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.25)
 
 
 def test_versions_split_metrics_and_inference_log(serving, register, logged_models):
