@@ -458,7 +458,7 @@ class Platform:
             f"logfile={self.home / 'logs' / 'supervisord.log'}",
             f"pidfile={self.settings.run_dir / 'supervisord.pid'}",
             f"directory={self.home}",
-            f"environment={MARKER}={_quote(str(self.home))}",
+            f"environment={MARKER}={_env_value(str(self.home))}",
             "",
             "[rpcinterface:supervisor]",
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
@@ -471,7 +471,7 @@ class Platform:
             for path, text in svc.files.items():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
-            env = ",".join(f"{k}={_quote(v, always=True)}" for k, v in svc.env.items())
+            env = ",".join(f"{k}={_env_value(v)}" for k, v in svc.env.items())
             lines += [
                 f"[program:{svc.name}]",
                 "command=" + " ".join(_quote(part) for part in svc.command),
@@ -742,11 +742,22 @@ def load(home: Path | str | None = None) -> Platform:
     return Platform(settings)
 
 
-def _quote(value: str, always: bool = False) -> str:
-    """Quote a value for supervisord's ini syntax (commands; environment values always)."""
-    if not always and value and all(c.isalnum() or c in "/._-:=@+" for c in value):
+def _quote(value: str) -> str:
+    """Quote a word of a supervisord ``command=`` line (split like a POSIX shell)."""
+    if value and all(c.isalnum() or c in "/._-:=@+" for c in value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+
+
+def _env_value(value: str) -> str:
+    """
+    Quote a value of supervisord's ``environment=`` (split by non-POSIX shlex: no escapes inside
+    quotes, so a value holding double quotes, such as JSON, goes in single quotes).
+    """
+    quote = "'" if '"' in value else '"'
+    if quote in value:
+        raise MLPlatConfigError(f"an environment value cannot hold both kinds of quotes: {value!r}")
+    return quote + value.replace("%", "%%") + quote
 
 
 def _binary(name: str, service: str) -> str:

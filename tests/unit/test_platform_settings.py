@@ -50,3 +50,21 @@ def test_config_keeps_every_service_on_loopback_and_secrets_private(tmp_path):
     assert platform.secrets() == Platform(Settings(home=tmp_path)).secrets()  # generated once
     conns = platform.connections()
     assert conns["ray_default"]["password"] == (tmp_path / "ray/auth_token").read_text()
+
+
+def test_environment_values_reach_the_programs_as_set_json_included(tmp_path):
+    import configparser
+    import json
+
+    from supervisor.datatypes import dict_of_key_value_pairs
+
+    transport = json.dumps({"type": "file", "log_file_path": str(tmp_path / "lineage.jsonl"), "append": True})
+    platform = Platform(
+        Settings(home=tmp_path / "home", services=("airflow",), openlineage_transport=transport)
+    )
+    platform.write_config()
+    config = configparser.RawConfigParser()
+    config.read(platform.conf_file)
+    env = dict_of_key_value_pairs(config["program:airflow-scheduler"]["environment"])  # supervisord's parser
+    assert env["AIRFLOW__OPENLINEAGE__TRANSPORT"] == transport
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(platform.settings.dags_folder)
