@@ -23,6 +23,7 @@ def lineage_events(path: Path) -> list[dict]:
     return [e for e in map(json.loads, path.read_text().splitlines()) if e["eventType"] == "COMPLETE"]
 
 
+@pytest.mark.timeout(600)  # 60-210 s measured
 def test_promotion_reports_training_set_to_model_version(airflow_db, mlflow_server, tmp_path):
     name = f"lineage_{uuid.uuid4().hex[:8]}"
     assert register(name) == "1"

@@ -94,6 +94,7 @@ def test_all_extras_resolve_next_to_airflow_with_uv_and_no_override(wheels, tmp_
     assert "+ kserve" not in result.stderr and "+ psutil==5" not in result.stderr
 
 
+@pytest.mark.timeout(600)  # pip resolves ~260 packages: 70 s on a quiet machine, 210 s on a loaded one
 def test_all_extras_resolve_next_to_airflow_with_plain_pip(wheels, tmp_path):
     made = run(sys.executable, "-m", "venv", tmp_path / "venv", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
@@ -131,6 +132,7 @@ def test_an_unknown_extra_is_named_in_one_line(wheels, tmp_path):
     assert lines == [f"warning: The package `{PROVIDER}==0.1.0` does not have an extra named `mlflwo`"]
 
 
+@pytest.mark.timeout(600)  # 50-170 s measured
 def test_installed_with_the_mlflow_extra_it_promotes_a_model_and_names_missing_extras(
     wheels, tmp_path, mlflow_server
 ):
@@ -180,6 +182,7 @@ def test_installed_with_the_mlflow_extra_it_promotes_a_model_and_names_missing_e
     )
 
 
+@pytest.mark.timeout(600)  # 60-200 s measured
 def test_the_local_platform_runs_from_its_installed_package(wheels, tmp_path):
     bin_dir = venv(tmp_path / "venv")
     installed = uv_pip(bin_dir, "install", "mlplat", wheels=wheels)
