@@ -28,23 +28,25 @@ RUN --mount=type=secret,id=ca_bundle --mount=type=cache,target=/root/.cache/pip 
 ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never UV_PYTHON=python3
 WORKDIR /src
 
-FROM uv AS airflow-build
+# the locked dependencies: a layer that code changes leave alone
+FROM uv AS airflow-deps
 ENV UV_PROJECT_ENVIRONMENT=/opt/mlplat/venv
-# the dependencies first (a layer that survives code changes), then the three workspace packages
 COPY pyproject.toml uv.lock README.md ./
 COPY local_platform/pyproject.toml local_platform/README.md local_platform/
 RUN --mount=type=secret,id=ca_bundle --mount=type=cache,target=/root/.cache/uv \
     if [ -s /run/secrets/ca_bundle ]; then export SSL_CERT_FILE=/run/secrets/ca_bundle; fi \
  && /opt/uv/bin/uv sync --frozen --no-dev --package mlplat --extra containers --no-install-workspace
+
+# the provider and mlplat (with the DAG bundle inside) as wheels
+FROM airflow-deps AS airflow-wheels
 COPY airflow_provider_mlplat airflow_provider_mlplat
 COPY local_platform/mlplat local_platform/mlplat
 COPY dags dags
 COPY include include
 RUN --mount=type=secret,id=ca_bundle --mount=type=cache,target=/root/.cache/uv \
     if [ -s /run/secrets/ca_bundle ]; then export SSL_CERT_FILE=/run/secrets/ca_bundle; fi \
- && /opt/uv/bin/uv sync --frozen --no-dev --package mlplat --extra containers --no-editable \
- && ln -s "$(/opt/mlplat/venv/bin/python -c 'import mlplat, os; print(os.path.dirname(mlplat.__file__))')/bundle" \
-      /opt/mlplat/bundle
+ && /opt/uv/bin/uv build --wheel --package airflow-provider-mlplat --out-dir /wheels \
+ && /opt/uv/bin/uv build --wheel --package mlplat --out-dir /wheels
 
 FROM uv AS model-server-build
 ENV UV_PROJECT_ENVIRONMENT=/opt/model-server/venv
@@ -70,7 +72,12 @@ EXPOSE 8090
 CMD ["mlplat-model-server"]
 
 FROM python AS airflow
-COPY --from=airflow-build /opt/mlplat /opt/mlplat
+COPY --from=airflow-deps /opt/mlplat/venv /opt/mlplat/venv
+RUN --mount=type=bind,from=uv,source=/opt/uv,target=/opt/uv \
+    --mount=type=bind,from=airflow-wheels,source=/wheels,target=/wheels \
+    /opt/uv/bin/uv pip install --quiet --python /opt/mlplat/venv/bin/python --no-deps --no-index /wheels/*.whl \
+ && ln -s "$(/opt/mlplat/venv/bin/python -c 'import mlplat, os; print(os.path.dirname(mlplat.__file__))')/bundle" \
+      /opt/mlplat/bundle
 COPY docker/healthcheck.py /opt/mlplat/healthcheck.py
 # DAGs import the bundle's helpers as `include.<module>`: the bundle's root is on the path
 ENV PATH=/opt/mlplat/venv/bin:$PATH \

@@ -26,10 +26,12 @@ install() {
   # Debian's own mechanism keeps the packages' system services from starting; an existing policy stays
   local policy=/usr/sbin/policy-rc.d own=
   if [ ! -e $policy ]; then printf '#!/bin/sh\nexit 101\n' >$policy && chmod +x $policy && own=1; fi
-  local status=0
+  local status=0 log; log=$(mktemp)
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      "${missing[@]}" iptables >/dev/null; } || status=$?
+      "${missing[@]}" iptables; } >"$log" 2>&1 || status=$?
   [ -n "$own" ] && rm -f $policy
+  [ $status = 0 ] || tail -20 "$log" >&2  # quiet unless it failed
+  rm -f "$log"
   return $status
 }
 
@@ -50,12 +52,13 @@ start() {
 # python3 is 3.11, at /usr/bin (the official python images have theirs at /usr/local/bin).
 base() {
   start >/dev/null
-  docker image inspect mlplat-base:bookworm >/dev/null 2>&1 && return 0
+  if docker image inspect mlplat-base:bookworm >/dev/null 2>&1; then echo "DOCKER_HOST=$DOCKER_HOST"; return 0; fi
   local root; root=$(mktemp -d /tmp/mlplat-rootfs.XXXXXX)
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,wget \
     bookworm "$root" http://deb.debian.org/debian >/dev/null
   tar -C "$root" -c . | docker import - mlplat-base:bookworm >/dev/null
   rm -rf "$root"
+  echo "DOCKER_HOST=$DOCKER_HOST"
 }
 
 stop() {

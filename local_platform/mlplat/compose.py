@@ -20,7 +20,7 @@ PROMETHEUS_CONFIG = Path("/etc/mlplat-prometheus/prometheus.yml")
 
 
 def endpoints() -> Endpoints:
-    """The services by their compose names; Feast's online store in Redis, its engine on the Ray cluster."""
+    """The services by their compose names; Feast's online store in Redis."""
     return Endpoints(
         home=HOME,
         mlflow="http://mlflow:5000",
@@ -30,7 +30,6 @@ def endpoints() -> Endpoints:
         prometheus="http://prometheus:9090",
         pushgateway="http://pushgateway:9091",
         feast_online_store={"type": "redis", "connection_string": "redis:6379,db=1"},  # db 0: Celery
-        feast_batch_engine={"type": "ray.engine", "ray_address": "ray://ray-head:10001"},
     )
 
 

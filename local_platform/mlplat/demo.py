@@ -61,7 +61,7 @@ def run_demo(platform: Stack, loop: bool = True, settings: LoopSettings | None =
     print()
     for name, url in platform.links().items():
         label, path = pages[name]
-        print(f"{label + ':':<9}{url}{path}")
+        print(f"{label + ':':<8} {url}{path}")
     return code
 
 
