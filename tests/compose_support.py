@@ -43,7 +43,11 @@ def docker_engine() -> dict[str, str]:
 
 def ca_bundle() -> str | None:
     """The CA bundle this machine's Python tools trust, for builds that reach the package index."""
-    for candidate in (os.environ.get("SSL_CERT_FILE"), os.environ.get("PIP_CERT"), "/etc/ssl/certs/ca-certificates.crt"):
+    for candidate in (
+        os.environ.get("SSL_CERT_FILE"),
+        os.environ.get("PIP_CERT"),
+        "/etc/ssl/certs/ca-certificates.crt",
+    ):
         if candidate and Path(candidate).is_file():
             return candidate
     return None
@@ -70,7 +74,9 @@ def build_images(env: dict[str, str]) -> dict[str, float]:
     ]
     for tag, args in builds:
         started = time.monotonic()
-        result = subprocess.run([DOCKER, "build", "-q", "-t", tag, *args], env=env, capture_output=True, text=True)
+        result = subprocess.run(
+            [DOCKER, "build", "-q", "-t", tag, *args], env=env, capture_output=True, text=True
+        )
         if result.returncode:
             raise RuntimeError(f"building {tag} failed:\n{result.stderr[-3000:]}")
         seconds[tag] = round(time.monotonic() - started, 1)
@@ -110,12 +116,16 @@ class ComposeProject:
         command += ["-f", str(COMPOSE_FILE), "-f", str(OVERRIDE), *args]
         result = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode:
-            raise RuntimeError(f"docker-compose {' '.join(args)} failed:\n{(result.stdout + result.stderr)[-3000:]}")
+            raise RuntimeError(
+                f"docker-compose {' '.join(args)} failed:\n{(result.stdout + result.stderr)[-3000:]}"
+            )
         return result
 
     def docker(self, *args: str) -> str:
         """Output of a docker CLI command on this project's engine."""
-        return subprocess.run([DOCKER, *args], env=self.env, capture_output=True, text=True, check=True).stdout
+        return subprocess.run(
+            [DOCKER, *args], env=self.env, capture_output=True, text=True, check=True
+        ).stdout
 
     def containers(self) -> list[dict]:
         """``docker inspect`` of every container of this project, running or not."""
@@ -152,7 +162,9 @@ class ComposeProject:
         started = time.monotonic()
         while True:
             health = self.health()
-            pending = {n: s for n, s in health.items() if s != "healthy" and not (_init(n) and s == "exited 0")}
+            pending = {
+                n: s for n, s in health.items() if s != "healthy" and not (_init(n) and s == "exited 0")
+            }
             if health and not pending:
                 return time.monotonic() - started
             if time.monotonic() - started > timeout:
@@ -188,7 +200,15 @@ def _init(name: str) -> bool:
 
 
 def _mib(text: str) -> float:
-    units = {"B": 1 / 2**20, "KiB": 1 / 2**10, "MiB": 1, "GiB": 2**10, "kB": 1e3 / 2**20, "MB": 1e6 / 2**20, "GB": 1e9 / 2**20}
+    units = {
+        "B": 1 / 2**20,
+        "KiB": 1 / 2**10,
+        "MiB": 1,
+        "GiB": 2**10,
+        "kB": 1e3 / 2**20,
+        "MB": 1e6 / 2**20,
+        "GB": 1e9 / 2**20,
+    }
     for unit in sorted(units, key=len, reverse=True):
         if text.endswith(unit):
             return float(text[: -len(unit)]) * units[unit]

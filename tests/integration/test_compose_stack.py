@@ -48,9 +48,12 @@ def test_the_stack_runs_the_loop_on_celery_workers_and_ray_worker_nodes_and_leav
         print(f"up -> every service healthy: {healthy:.0f} s ({time.monotonic() - up:.0f} s with `up`)")
         services = Counter(name.split("_")[1] for name in project.health())
         assert services["airflow-worker"] == 2 and services["ray-worker"] >= 1, services
-        assert {"airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"} <= set(
-            services
-        )
+        assert {
+            "airflow-api-server",
+            "airflow-scheduler",
+            "airflow-dag-processor",
+            "airflow-triggerer",
+        } <= set(services)
 
         loop = time.monotonic()
         demo = project.compose("run", "--rm", "demo", check=False, timeout=1200)
@@ -113,7 +116,9 @@ def _assert_training_ran_once_per_run_on_ray_worker_nodes(project: ComposeProjec
         for job in jobs:
             assert job["status"] == "SUCCEEDED", job
             params = {"filter_keys": "job_id", "filter_predicates": "=", "filter_values": job["job_id"]}
-            tasks = ray.get("/api/v0/tasks", params={**params, "detail": "true"}).json()["data"]["result"]["result"]
+            tasks = ray.get("/api/v0/tasks", params={**params, "detail": "true"}).json()["data"]["result"][
+                "result"
+            ]
             placed = Counter(t["node_id"] for t in tasks if t["type"] == "NORMAL_TASK")
             print(f"Ray job {job['submission_id']}: tasks per node {dict(placed)}; head {head}")
             assert placed and not (set(placed) & head), (placed, head)
