@@ -104,6 +104,13 @@ class ComposeProject:
             **{f"MLPLAT_{port.upper()}_PORT": str(number) for port, number in self.ports.items()},
         }
 
+    def command(self, *args: str) -> list[str]:
+        """The docker-compose command line for this project."""
+        return [
+            "docker-compose", "-p", self.name, "--env-file", str(self.env_file),
+            "-f", str(COMPOSE_FILE), "-f", str(OVERRIDE), *args,
+        ]  # fmt: skip
+
     def compose(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
         """
         Run docker-compose on this project.
@@ -112,14 +119,24 @@ class ComposeProject:
         :param check: fail with the output's tail on a non-zero exit.
         :param timeout: seconds.
         """
-        command = ["docker-compose", "-p", self.name, "--env-file", str(self.env_file)]
-        command += ["-f", str(COMPOSE_FILE), "-f", str(OVERRIDE), *args]
-        result = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            self.command(*args), env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         if check and result.returncode:
             raise RuntimeError(
                 f"docker-compose {' '.join(args)} failed:\n{(result.stdout + result.stderr)[-3000:]}"
             )
         return result
+
+    def compose_process(self, log: Path, *args: str) -> subprocess.Popen:
+        """
+        Start docker-compose on this project in the background, its output going to a file.
+
+        :param log: the file.
+        :param args: its arguments.
+        """
+        with log.open("w") as out:
+            return subprocess.Popen(self.command(*args), env=self.env, stdout=out, stderr=subprocess.STDOUT)
 
     def docker(self, *args: str) -> str:
         """Output of a docker CLI command on this project's engine."""

@@ -20,7 +20,11 @@ PROMETHEUS_CONFIG = Path("/etc/mlplat-prometheus/prometheus.yml")
 
 
 def endpoints() -> Endpoints:
-    """The services by their compose names; Feast's online store in Redis."""
+    """
+    The services by their compose names; Feast's online store in Redis, its batch engine on the Ray
+    cluster (a Celery worker container is a Ray node with no CPUs of its own: its tasks drive Ray
+    Data as a local driver, and the work runs on the Ray worker nodes).
+    """
     return Endpoints(
         home=HOME,
         mlflow="http://mlflow:5000",
@@ -30,6 +34,7 @@ def endpoints() -> Endpoints:
         prometheus="http://prometheus:9090",
         pushgateway="http://pushgateway:9091",
         feast_online_store={"type": "redis", "connection_string": "redis:6379,db=1"},  # db 0: Celery
+        feast_batch_engine={"type": "ray.engine", "ray_address": "ray-head:6379"},
     )
 
 

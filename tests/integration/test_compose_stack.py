@@ -55,14 +55,19 @@ def test_the_stack_runs_the_loop_on_celery_workers_and_ray_worker_nodes_and_leav
             "airflow-triggerer",
         } <= set(services)
 
+        workers = _worker_hosts(project)
         loop = time.monotonic()
-        demo = project.compose("run", "--rm", "demo", check=False, timeout=1200)
+        demo = project.compose_process(tmp_path / "demo.log", "run", "--rm", "demo")
+        killed = _kill_the_worker_running_the_first_training(project)
+        demo.wait(timeout=1200)
+        out = (tmp_path / "demo.log").read_text()
         print(f"the closed loop through the containers: {time.monotonic() - loop:.0f} s")
-        print(demo.stdout[-4000:])
-        assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
-        assert "Timeline" in demo.stdout and "rolled out" in demo.stdout
+        print(out[-4000:])
+        assert demo.returncode == 0, out[-6000:]
+        assert "Timeline" in out and "rolled out" in out
 
-        _assert_tasks_ran_on_celery_workers(project)
+        _assert_the_killed_task_was_retried_on_another_worker(project, killed)
+        _assert_tasks_ran_on_celery_workers(project, workers)
         _assert_training_ran_once_per_run_on_ray_worker_nodes(project)
     finally:
         down = time.monotonic()
@@ -83,12 +88,49 @@ def _env_value(project: ComposeProject, name: str) -> str:
     return values[name]
 
 
-def _assert_tasks_ran_on_celery_workers(project: ComposeProject) -> None:
-    workers = {
-        c["Config"]["Hostname"]
+def _worker_hosts(project: ComposeProject) -> dict[str, str]:
+    """Hostname -> container id of each Celery worker."""
+    return {
+        c["Config"]["Hostname"]: c["Id"]
         for c in project.containers()
         if c["Config"]["Labels"]["com.docker.compose.service"] == "airflow-worker"
     }
+
+
+def _kill_the_worker_running_the_first_training(project: ComposeProject, timeout: float = 600) -> dict:
+    """
+    Wait until the first training run's Ray ``train`` task runs on a Celery worker, then kill that
+    worker's container (SIGKILL, removed: nothing restarts it); the task instance as it was then.
+    """
+    api, deadline = _api(project), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = api.run_ids("training_pipeline") if _dag_exists(api, "training_pipeline") else []
+        for run_id in runs:
+            ti = api.http.get(f"/dags/training_pipeline/dagRuns/{run_id}/taskInstances/train").json()
+            if ti.get("state") == "running" and ti.get("hostname"):
+                container = _worker_hosts(project)[ti["hostname"]]
+                project.docker("rm", "--force", container)
+                print(
+                    f"killed Celery worker {ti['hostname']} while it ran {run_id} / train (try {ti['try_number']})"
+                )
+                return ti
+        time.sleep(0.2)
+    raise TimeoutError("the first training run's train task never ran")
+
+
+def _dag_exists(api, dag_id: str) -> bool:
+    return api.http.get(f"/dags/{dag_id}").status_code == 200
+
+
+def _assert_the_killed_task_was_retried_on_another_worker(project: ComposeProject, killed: dict) -> None:
+    api = _api(project)
+    ti = api.http.get(f"/dags/training_pipeline/dagRuns/{killed['dag_run_id']}/taskInstances/train").json()
+    print(f"after the kill: train try {ti['try_number']} {ti['state']} on {ti['hostname']}")
+    assert ti["state"] == "success" and ti["try_number"] == killed["try_number"] + 1
+    assert ti["hostname"] and ti["hostname"] != killed["hostname"]
+
+
+def _assert_tasks_ran_on_celery_workers(project: ComposeProject, workers: dict[str, str]) -> None:
     api = _api(project)
     hosts: Counter[str] = Counter()
     for dag_id in LOOP_DAGS:
@@ -96,7 +138,7 @@ def _assert_tasks_ran_on_celery_workers(project: ComposeProject) -> None:
             tis = api.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
             hosts.update(ti["hostname"] for ti in tis if ti["state"] == "success")
     print(f"task instances per Celery worker: {dict(hosts)}")
-    assert hosts and set(hosts) <= workers, (hosts, workers)
+    assert hosts and set(hosts) <= set(workers), (hosts, workers)
 
 
 def _assert_training_ran_once_per_run_on_ray_worker_nodes(project: ComposeProject) -> None:
