@@ -314,11 +314,14 @@ class ClosedLoop:
         trips = trips[
             (trips.event_timestamp >= start) & (trips.event_timestamp < start + timedelta(hours=hours))
         ]
-        conn = {
-            **self.connections["feast_default"],
-            "extra": json.dumps(self.connections["feast_default"]["extra"]),
+        # every platform connection: the feast one may name another (the Ray engine's ray_conn_id)
+        conns = {
+            f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(
+                {**conn, "extra": json.dumps(conn.get("extra", {}))}
+            )
+            for conn_id, conn in self.connections.items()
         }
-        with scoped_env({"AIRFLOW_CONN_FEAST_DEFAULT": json.dumps(conn)}):
+        with scoped_env(conns):
             hook = FeastHook()
             with hook.repo_env():
                 frame = hook.store.get_historical_features(
