@@ -40,7 +40,7 @@ def _local() -> tuple[float, dict[str, float]]:
     """`mlplat up` with every service on a fresh home: seconds to answering, idle RSS per program (MiB)."""
     with tempfile.TemporaryDirectory() as home:
         platform = Platform(
-            Settings(
+            Settings.from_env(  # MLPLAT_MODEL_SERVER_COMMAND, as `mlplat up` reads it
                 home=home,
                 airflow_port=free_port(),
                 mlflow_port=free_port(),
@@ -77,7 +77,7 @@ def _program(proc: psutil.Process) -> str:
     for name in ("mlflow", "model-server", "pushgateway", "prometheus", "ray"):
         if name in cmd:
             return name
-    return "other"
+    return "other (the API server, whose process title names no service)"
 
 
 def run() -> str:
@@ -94,7 +94,7 @@ def run() -> str:
         "Prometheus and Pushgateway images), images built before `up` on the Debian base "
         f"(cached layers; this run: {builds}). `up` on fresh volumes until every container is healthy "
         f"and the init service exited 0: **{healthy:.0f} s** (target <= {HEALTHY_TARGET_S} s). Idle memory "
-        f"{SETTLE_S} s later (`docker stats`): **{total:.2f} GiB** in {len(memory)} containers "
+        f"{SETTLE_S} s later (`docker stats`, the cgroup's memory without page cache): **{total:.2f} GiB** in {len(memory)} containers "
         f"(target <= {MEMORY_TARGET_GIB} GB).\n\n"
         f"`mlplat up` (every service, SQLite) on the same machine right after: answering in **{ready:.0f} s**, "
         f"**{local_total:.2f} GiB** summed RSS (no PostgreSQL, Redis, Celery worker or Ray worker node).\n\n"
