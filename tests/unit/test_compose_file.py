@@ -77,3 +77,21 @@ def test_the_env_file_is_written_once_private_and_holds_every_secret(tmp_path):
     assert set(values) == set(keys.ENV_NAMES.values())
     assert len(values["MLPLAT_JWT_SECRET"]) >= 64 and all(values.values())
     assert not keys.write_env(env) and env.read_text() == first  # kept: secrets are made once
+
+
+def test_the_init_service_writes_the_connection_ids_mlplat_up_writes(monkeypatch, tmp_path):
+    from mlplat.compose import ComposeStack
+    from mlplat.platform import Platform, Settings
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "t" * 64)
+    local = Platform(Settings(home=tmp_path)).connections()
+    stack = ComposeStack().connections()
+    assert set(stack) == set(local)
+    assert {conn_id: c["conn_type"] for conn_id, c in stack.items()} == {
+        conn_id: c["conn_type"] for conn_id, c in local.items()
+    }
+    assert (
+        stack["ray_default"]["host"] == "http://ray-head:8265"
+        and stack["ray_default"]["password"] == "t" * 64
+    )
+    assert stack["feast_default"]["extra"]["batch_engine"]["type"] == "ray.engine"
