@@ -6,7 +6,8 @@ export UV_COMPILE_BYTECODE := 1
 # `install` syncs once; the other targets run in that environment as it is
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: uv system-deps install demo test lint unit integration bench up down status clean
+.PHONY: uv system-deps install demo test lint unit integration bench up down status clean \
+	compose-env compose-up compose-demo compose-down
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -63,3 +64,20 @@ bench: install
 
 clean: down
 	rm -rf .mlplat
+
+# -- the container stack (docker-compose.yaml; README.md, "Containers") --------------------------
+COMPOSE ?= docker-compose
+
+# the secrets, generated once into .env (mode 0600); an existing .env is kept
+compose-env:
+	@PYTHONPATH=local_platform python3 -m mlplat.keys .env
+
+compose-up: compose-env
+	DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1 $(COMPOSE) up -d --build
+
+# the closed loop of `mlplat demo`, run inside the compose network
+compose-demo:
+	$(COMPOSE) run --rm demo
+
+compose-down:
+	$(COMPOSE) --profile grafana --profile demo down --volumes --remove-orphans

@@ -8,7 +8,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_mlplat.exceptions import MLPlatError
 
@@ -16,7 +17,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from mlplat.airflow_api import AirflowRestClient
-    from mlplat.platform import Platform
 
 MODEL = "trip_completion"
 DEPLOYMENT = "trip-completion"
@@ -26,6 +26,27 @@ LOOP_DAGS = ("feature_pipeline", "training_pipeline", "deployment_pipeline", "mo
 #: the hourly ones (created paused): unpaused only while the demo needs them, so no hour passing
 #: during the demo adds runs of its own
 CLOCK_DAGS = ("feature_pipeline", "monitoring_pipeline")
+
+
+class Stack(Protocol):
+    """
+    What the demo needs of a running platform: the local one (:class:`mlplat.platform.Platform`)
+    or the container stack (:class:`mlplat.compose.ComposeStack`).
+    """
+
+    #: state folder shared with the tasks (raw data under ``data/``)
+    home: Path
+    #: the services it runs
+    service_names: tuple[str, ...]
+
+    def connections(self) -> dict[str, dict[str, Any]]:
+        """The Airflow connections of its services, as the demo reaches them."""
+
+    def airflow_client(self) -> AirflowRestClient:
+        """A REST client of its Airflow, logged in as admin."""
+
+    def links(self) -> dict[str, str]:
+        """Service name -> URL a person opens."""
 
 
 @dataclass
@@ -118,15 +139,13 @@ class ClosedLoop:
     monitoring runs instead of waiting for the hour). Everything else is Assets: the feature run
     schedules training, a champion move schedules the rollout, detected drift schedules retraining.
 
-    :param platform: a platform that is up, with every service.
+    :param platform: a platform that is up, with every service (local or containers).
     :param api: an Airflow REST client of that platform.
     :param settings: how to drive the loop.
     :param echo: called with each line of progress.
     """
 
-    def __init__(
-        self, platform: Platform, api: AirflowRestClient, settings: LoopSettings, echo=print
-    ) -> None:
+    def __init__(self, platform: Stack, api: AirflowRestClient, settings: LoopSettings, echo=print) -> None:
         self.platform, self.api, self.settings, self.echo = platform, api, settings, echo
         self.connections = platform.connections()
         self.timeline: list[dict[str, Any]] = []
@@ -295,11 +314,14 @@ class ClosedLoop:
         trips = trips[
             (trips.event_timestamp >= start) & (trips.event_timestamp < start + timedelta(hours=hours))
         ]
-        conn = {
-            **self.connections["feast_default"],
-            "extra": json.dumps(self.connections["feast_default"]["extra"]),
+        # every platform connection: the feast one may name another (the Ray engine's ray_conn_id)
+        conns = {
+            f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(
+                {**conn, "extra": json.dumps(conn.get("extra", {}))}
+            )
+            for conn_id, conn in self.connections.items()
         }
-        with scoped_env({"AIRFLOW_CONN_FEAST_DEFAULT": json.dumps(conn)}):
+        with scoped_env(conns):
             hook = FeastHook()
             with hook.repo_env():
                 frame = hook.store.get_historical_features(

@@ -6,30 +6,27 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_mlplat.exceptions import MLPlatError
-from mlplat.airflow_api import AirflowRestClient
 from mlplat.closed_loop import MODEL, ClosedLoop, LoopSettings
 from mlplat.platform import ALL_SERVICES
 
 if TYPE_CHECKING:
-    from mlplat.platform import Platform
+    from mlplat.closed_loop import Stack
 
 
-def run_demo(platform: Platform, loop: bool = True, settings: LoopSettings | None = None) -> int:
+def run_demo(platform: Stack, loop: bool = True, settings: LoopSettings | None = None) -> int:
     """
     Check every platform connection from an Airflow task, then (``loop``) run the closed loop and
     print its timeline and where to look.
 
-    :param platform: a platform that is up.
+    :param platform: a platform that is up: the local one or the container stack.
     :param loop: run the closed loop after the check.
     :param settings: how to drive the loop.
     """
-    s = platform.settings
-    if "airflow" not in s.services:
+    services = platform.service_names
+    if "airflow" not in services:
         print("the demo runs DAGs: start the platform with the airflow service", file=sys.stderr)
         return 2
-    api = AirflowRestClient(
-        f"http://127.0.0.1:{s.airflow_port}", "admin", platform.secrets()["airflow_admin_password"]
-    )
+    api = platform.airflow_client()
     connections = sorted(platform.connections())
     print("\nDemo: platform_check (tests every platform connection from an Airflow task)")
     api.wait_for_dag("platform_check")
@@ -41,7 +38,7 @@ def run_demo(platform: Platform, loop: bool = True, settings: LoopSettings | Non
     print(f"  run {run_id}: {run['state']}")
     code = 0 if run["state"] == "success" else 1
     if loop and code == 0:
-        missing = sorted(set(ALL_SERVICES) - set(s.services))
+        missing = sorted(set(ALL_SERVICES) - set(services))
         if missing:
             print(f"the closed loop needs every service; missing: {missing}", file=sys.stderr)
             return 2
@@ -55,13 +52,16 @@ def run_demo(platform: Platform, loop: bool = True, settings: LoopSettings | Non
             code = 1
         else:
             print_report(report)
-    print(f"\nAirflow: http://127.0.0.1:{s.airflow_port}/dags")
-    if "mlflow" in s.services:
-        print(f"MLflow:  http://127.0.0.1:{s.mlflow_port}/#/models/{MODEL}")
-    if "ray" in s.services:
-        print(f"Ray:     http://127.0.0.1:{s.ray_dashboard_port}/#/jobs")
-    if "prometheus" in s.services:
-        print(f"Prometheus: http://127.0.0.1:{s.prometheus_port}")
+    pages = {
+        "airflow": ("Airflow", "/dags"),
+        "mlflow": ("MLflow", f"/#/models/{MODEL}"),
+        "ray": ("Ray", "/#/jobs"),
+        "prometheus": ("Prometheus", ""),
+    }
+    print()
+    for name, url in platform.links().items():
+        label, path = pages[name]
+        print(f"{label + ':':<8} {url}{path}")
     return code
 
 

@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -17,10 +16,14 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xmlrpc.client import Fault
 
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, MLPlatServiceUnavailable
+from mlplat import keys
+
+if TYPE_CHECKING:
+    from mlplat.airflow_api import AirflowRestClient
 
 #: the reference DAG bundle (dags/, include/, plugins/): package resources, which in a checkout are
 #: links to the repository's top-level folders
@@ -155,6 +158,68 @@ class Service:
     files: dict[Path, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Endpoints:
+    """
+    Where the services answer, as the DAGs' tasks reach them (``None``: not running).
+
+    :param home: state folder the tasks share: raw data, Feast registry, inference log.
+    :param mlflow: MLflow tracking URI.
+    :param ray_dashboard: Ray dashboard / Job API URL.
+    :param ray_token: Ray auth token.
+    :param model_server: KServe model server URL.
+    :param prometheus: Prometheus URL.
+    :param pushgateway: Pushgateway URL.
+    :param feast_online_store: Feast online store config (default: SQLite under ``home``).
+    :param feast_batch_engine: Feast batch engine config (default: Feast's local engine).
+    """
+
+    home: Path
+    mlflow: str | None = None
+    ray_dashboard: str | None = None
+    ray_token: str = ""
+    model_server: str | None = None
+    prometheus: str | None = None
+    pushgateway: str | None = None
+    feast_online_store: dict[str, Any] | None = None
+    feast_batch_engine: dict[str, Any] | None = None
+
+
+def connections(endpoints: Endpoints) -> dict[str, dict[str, Any]]:
+    """
+    The Airflow connections that point the reference DAGs at the platform's services.
+
+    :param endpoints: where the services answer.
+    """
+    e, conns = endpoints, {}
+    if e.mlflow:
+        conns["mlflow_default"] = {"conn_type": "mlflow", "host": e.mlflow}
+    if e.ray_dashboard:
+        conns["ray_default"] = {"conn_type": "ray", "host": e.ray_dashboard, "password": e.ray_token}
+    if e.model_server:
+        conns["kserve_default"] = {
+            "conn_type": "kserve",
+            "host": e.model_server,
+            "extra": {"namespace": "local", "inference_log": str(e.home / "inference-log")},
+        }
+    if e.prometheus:
+        conns["prometheus_default"] = {"conn_type": "prometheus", "host": e.prometheus}
+        if e.pushgateway:
+            conns["prometheus_default"]["extra"] = {"pushgateway_url": e.pushgateway}
+    # Feast needs no service of its own: the reference repo, its raw data, registry and online store
+    feast = {
+        "repo_path": str(BUNDLE / "include" / "feature_repo"),
+        "data_dir": str(e.home / "data"),
+        "registry": str(e.home / "feast" / "registry.db"),
+        "online_store": e.feast_online_store
+        or {"type": "sqlite", "path": str(e.home / "feast" / "online.db")},
+    }
+    if e.feast_batch_engine:
+        feast.update(batch_engine=e.feast_batch_engine, ray_conn_id="ray_default")
+    conns["feast_default"] = {"conn_type": "feast", "extra": feast}
+    return conns
+
+
 class Platform:
     """
     The local platform under one ``$MLPLAT_HOME``: ``up``, ``status``, ``down``.
@@ -176,14 +241,7 @@ class Platform:
         path = self.home / "secrets.json"
         if path.exists():
             return json.loads(path.read_text())
-        from cryptography.fernet import Fernet
-
-        values = {
-            "airflow_admin_password": secrets.token_urlsafe(12),
-            "airflow_jwt_secret": secrets.token_urlsafe(64),
-            "airflow_fernet_key": Fernet.generate_key().decode(),
-            "ray_auth_token": secrets.token_hex(32),
-        }
+        values = keys.generate()
         self.home.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
         path.write_text(json.dumps(values, indent=2))
@@ -342,7 +400,6 @@ class Platform:
         if "prometheus" in s.services:
             binary = _binary("prometheus", "prometheus")
             config = self.home / "prometheus" / "prometheus.yml"
-            template = Template((BUNDLE / "include" / "prometheus" / "prometheus.yml").read_text())
             out.append(
                 Service(
                     name="prometheus",
@@ -357,7 +414,13 @@ class Platform:
                     health_path="/-/ready",
                     ports=(s.prometheus_port,),
                     priority=30,
-                    files={config: template.substitute(asdict(s))},
+                    files={
+                        config: prometheus_config(
+                            f"127.0.0.1:{s.prometheus_port}",
+                            f"127.0.0.1:{s.model_server_port}",
+                            f"127.0.0.1:{s.pushgateway_port}",
+                        )
+                    },
                 )
             )
         if "pushgateway" in s.services:
@@ -399,41 +462,48 @@ class Platform:
 
     def connections(self) -> dict[str, dict[str, Any]]:
         """The Airflow connections that point the reference DAGs at these services."""
-        s, conns = self.settings, {}
-        if "mlflow" in s.services:
-            conns["mlflow_default"] = {"conn_type": "mlflow", "host": f"http://127.0.0.1:{s.mlflow_port}"}
-        if "ray" in s.services:
-            conns["ray_default"] = {
-                "conn_type": "ray",
-                "host": f"http://127.0.0.1:{s.ray_dashboard_port}",
-                "password": self.secrets()["ray_auth_token"],
-            }
-        if "model-server" in s.services:
-            conns["kserve_default"] = {
-                "conn_type": "kserve",
-                "host": f"http://127.0.0.1:{s.model_server_port}",
-                "extra": {"namespace": "local", "inference_log": str(self.home / "inference-log")},
-            }
-        if "prometheus" in s.services:
-            conns["prometheus_default"] = {
-                "conn_type": "prometheus",
-                "host": f"http://127.0.0.1:{s.prometheus_port}",
-            }
-            if "pushgateway" in s.services:
-                conns["prometheus_default"]["extra"] = {
-                    "pushgateway_url": f"http://127.0.0.1:{s.pushgateway_port}"
-                }
-        # Feast needs no service: the reference repo, its raw data, registry and SQLite online store
-        conns["feast_default"] = {
-            "conn_type": "feast",
-            "extra": {
-                "repo_path": str(BUNDLE / "include" / "feature_repo"),
-                "data_dir": str(self.home / "data"),
-                "registry": str(self.home / "feast" / "registry.db"),
-                "online_store": {"type": "sqlite", "path": str(self.home / "feast" / "online.db")},
-            },
+        s = self.settings
+
+        def url(service: str, port: int) -> str | None:
+            return f"http://127.0.0.1:{port}" if service in s.services else None
+
+        return connections(
+            Endpoints(
+                home=self.home,
+                mlflow=url("mlflow", s.mlflow_port),
+                ray_dashboard=url("ray", s.ray_dashboard_port),
+                ray_token=self.secrets()["ray_auth_token"] if "ray" in s.services else "",
+                model_server=url("model-server", s.model_server_port),
+                prometheus=url("prometheus", s.prometheus_port),
+                pushgateway=url("pushgateway", s.pushgateway_port),
+            )
+        )
+
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        """The services this platform runs."""
+        return self.settings.services
+
+    def airflow_client(self) -> AirflowRestClient:
+        """A REST client of this platform's Airflow, logged in as its admin."""
+        from mlplat.airflow_api import AirflowRestClient
+
+        return AirflowRestClient(
+            f"http://127.0.0.1:{self.settings.airflow_port}",
+            "admin",
+            self.secrets()["airflow_admin_password"],
+        )
+
+    def links(self) -> dict[str, str]:
+        """Where a person looks: Airflow, MLflow, Ray and Prometheus URLs of the services running."""
+        s = self.settings
+        urls = {
+            "airflow": f"http://127.0.0.1:{s.airflow_port}",
+            "mlflow": f"http://127.0.0.1:{s.mlflow_port}",
+            "ray": f"http://127.0.0.1:{s.ray_dashboard_port}",
+            "prometheus": f"http://127.0.0.1:{s.prometheus_port}",
         }
-        return conns
+        return {name: url for name, url in urls.items() if name in s.services}
 
     # -- supervisord --------------------------------------------------------------------------
 
@@ -697,17 +767,52 @@ class Platform:
     # -- Airflow CLI ----------------------------------------------------------------------------
 
     def _airflow_cli(self, *args: str) -> None:
-        env = {**_clean_env(), **self.airflow_env()}
-        result = subprocess.run([str(BIN / "airflow"), *args], env=env, capture_output=True, text=True)
-        if result.returncode:
-            tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
-            raise MLPlatServiceUnavailable(f"`airflow {' '.join(args)}` failed:\n{tail}")
+        airflow_cli({**_clean_env(), **self.airflow_env()}, *args)
 
     def _import_connections(self) -> None:
-        path = self.home / "airflow" / "connections.json"
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(self.connections(), indent=2))
-        self._airflow_cli("connections", "import", "--overwrite", str(path))
+        import_connections(
+            self.connections(),
+            self.home / "airflow" / "connections.json",
+            {**_clean_env(), **self.airflow_env()},
+        )
+
+
+def airflow_cli(env: dict[str, str], *args: str) -> None:
+    """
+    Run an ``airflow`` CLI command; fail with the tail of its output.
+
+    :param env: its environment.
+    :param args: the command's arguments.
+    """
+    result = subprocess.run([str(BIN / "airflow"), *args], env=env, capture_output=True, text=True)
+    if result.returncode:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+        raise MLPlatServiceUnavailable(f"`airflow {' '.join(args)}` failed:\n{tail}")
+
+
+def import_connections(conns: dict[str, dict[str, Any]], path: Path, env: dict[str, str]) -> None:
+    """
+    Create or replace Airflow connections (through a file of mode 0600: they hold secrets).
+
+    :param conns: connection id -> fields, as :func:`connections` builds them.
+    :param path: the file to write them to.
+    :param env: environment of the ``airflow`` CLI (its metadata database).
+    """
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(conns, indent=2))
+    airflow_cli(env, "connections", "import", "--overwrite", str(path))
+
+
+def prometheus_config(prometheus: str, model_server: str, pushgateway: str) -> str:
+    """
+    The bundle's Prometheus config with its scrape targets filled in.
+
+    :param prometheus: Prometheus's own ``host:port``.
+    :param model_server: the model server's ``host:port``.
+    :param pushgateway: the Pushgateway's ``host:port``.
+    """
+    template = Template((BUNDLE / "include" / "prometheus" / "prometheus.yml").read_text())
+    return template.substitute(prometheus=prometheus, model_server=model_server, pushgateway=pushgateway)
 
 
 def include_module(name: str):
