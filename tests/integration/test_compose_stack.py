@@ -27,6 +27,7 @@ def engine() -> dict[str, str]:
         unavailable(f"no Docker engine: {err}")
 
 
+@pytest.mark.timeout(900)  # on a fresh machine the engine fixture installs Docker and debootstraps a base
 def test_up_without_env_file_fails_in_one_line_that_says_how_to_make_it(engine, tmp_path):
     env = {k: v for k, v in engine.items() if not k.startswith("MLPLAT_")}
     command = ["docker-compose", "--project-directory", str(tmp_path), "-f", str(COMPOSE_FILE), "up", "-d"]
@@ -36,6 +37,7 @@ def test_up_without_env_file_fails_in_one_line_that_says_how_to_make_it(engine, 
     assert len(lines) == 1 and "make compose-env" in lines[0], lines
 
 
+@pytest.mark.timeout(1800)  # builds, up, the whole loop and a worker kill: 9-12 min with cached layers
 def test_the_stack_runs_the_loop_on_celery_workers_and_ray_worker_nodes_and_leaves_nothing(engine, tmp_path):
     started = time.monotonic()
     built = build_images(engine)
