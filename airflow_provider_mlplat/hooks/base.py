@@ -116,7 +116,7 @@ class MLPlatHook(BaseHook):
             )
         return parsed
 
-    def ensure_reachable(self, url: str, service: str) -> None:
+    def ensure_reachable(self, url: str, service: str, **request: Any) -> None:
         """
         Wait for an HTTP answer (any status) from ``url`` at most the connection's ``timeout`` extra
         (default 30 s), retrying connection errors; then fail naming the service, its URL and
@@ -124,6 +124,7 @@ class MLPlatHook(BaseHook):
 
         :param url: a URL of the service that answers cheaply (e.g. its health endpoint).
         :param service: the service's name in the message.
+        :param request: more ``httpx.get`` arguments (the connection's ``auth`` or ``headers``).
         """
         import httpx
         import tenacity
@@ -137,7 +138,7 @@ class MLPlatHook(BaseHook):
                 reraise=True,
             ):
                 with attempt:
-                    httpx.get(url, timeout=min(10.0, timeout))
+                    httpx.get(url, timeout=min(10.0, timeout), **request)
         except httpx.TransportError as err:
             raise MLPlatServiceUnavailable(
                 f"{service} at {url} is unreachable: no answer within {timeout:.0f} s ({type(err).__name__})"

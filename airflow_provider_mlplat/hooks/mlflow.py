@@ -128,7 +128,13 @@ class MLflowHook(MLPlatHook):
 
         client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
         if self.tracking_uri.startswith(("http://", "https://")):
-            self.ensure_reachable(f"{self.tracking_uri}/health", "MLflow")
+            login, password = self.connection.login, self.connection.password
+            self.ensure_reachable(  # with the credentials, as every request of the client
+                f"{self.tracking_uri}/health",
+                "MLflow",
+                auth=(login, password) if login and password else None,
+                headers={"Authorization": f"Bearer {password}"} if password and not login else None,
+            )
             _per_request_credentials(client, self._host_creds)
         return client
 
