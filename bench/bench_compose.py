@@ -9,9 +9,9 @@ from pathlib import Path
 
 import psutil
 
+from airflow_provider_mlplat.testing.services import free_port, free_port_block
 from mlplat.platform import Platform, Settings
 from tests.compose_support import ComposeProject, build_images, docker_engine
-from tests.services import free_port, free_port_block
 
 SETTLE_S = 30
 HEALTHY_TARGET_S = 90

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
-from tests.services import running_platform
+from airflow_provider_mlplat.testing.services import running_platform
 
 ROWS, FEATURES, ROUNDS = 100_000, 20, 5
 WINDOW = (datetime(2026, 5, 1, tzinfo=UTC), datetime(2026, 5, 2, tzinfo=UTC))

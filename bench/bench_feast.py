@@ -167,10 +167,12 @@ def run(rows: int = ROWS) -> str:
 
     :param rows: rows (and entities) in the window.
     """
-    import tests.conftest  # noqa: F401  (importing it isolates Airflow through the environment)
+    from airflow_provider_mlplat.testing.airflow import configure_airflow, set_connection
+    from airflow_provider_mlplat.testing.services import running_platform
     from include import datagen
-    from tests.conftest import set_connection
-    from tests.services import running_platform
+    from tests.conftest import REPO
+
+    configure_airflow(REPO / "dags", REPO / "plugins")  # before anything imports airflow
 
     home = Path(tempfile.mkdtemp(prefix="mlplat-bench-feast-"))
     # Feast's Ray engine drops rows older than now - ttl (3 h): a recent hour, the same for every run

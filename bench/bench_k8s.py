@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kubernetes import client, config
 
-from tests.k8s_emulator import K8sEmulator
+from airflow_provider_mlplat.testing.kubernetes.emulator import K8sEmulator
 
 RAY, NS = ("ray.io", "v1"), "default"
 SAMPLES = 500
@@ -51,7 +51,7 @@ def run() -> str:
     table = "\n".join(f"| {n:,} | {median * 1e3:.2f} | {median / early:.2f}x |" for n, median in rows)
     return (
         "## Kubernetes emulator (tests): request cost as its request history grows\n\n"
-        f"`tests/k8s_emulator.py` in-process, the real `kubernetes` client; median of {SAMPLES} GETs of "
+        f"`airflow_provider_mlplat/testing/kubernetes/emulator.py` in-process, the real `kubernetes` client; median of {SAMPLES} GETs of "
         "one RayJob, measured with a fresh emulator, then again after merge patches have grown the "
         "request history it keeps (tests read it back with `count()` and `requests`).\n\n"
         "| requests in history | median GET (ms) | vs fresh |\n|---|---|---|\n"

@@ -7,10 +7,10 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
+from airflow_provider_mlplat.testing.services import postgres_database, running_platform
 from mlplat.airflow_api import AirflowRestClient
 from mlplat.closed_loop import ClosedLoop, LoopSettings
 from mlplat.platform import ALL_SERVICES
-from tests.services import postgres_database, running_platform
 
 #: Airflow's share of each hop (asset event -> downstream run started) must stay under this
 HOP_TARGET_S = 5.0

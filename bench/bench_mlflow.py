@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
-from tests.services import postgres_database, running_platform
+from airflow_provider_mlplat.testing.services import postgres_database, running_platform
 
 MODELS, VERSIONS = 1000, 10  # the registry the issue asks for
 GROWTH = (2, 10, 100, 1000)  # versions per model for the growth curve

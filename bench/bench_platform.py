@@ -8,8 +8,8 @@ from collections import defaultdict
 
 import psutil
 
+from airflow_provider_mlplat.testing.services import free_port, free_port_block
 from mlplat.platform import Platform, Settings
-from tests.services import free_port, free_port_block
 
 SETTLE_S = 20
 

@@ -102,8 +102,11 @@ def _operator(deferrable: bool) -> tuple[float, str]:
 
 
 def overhead() -> str:
-    import tests.conftest  # noqa: F401  (importing it isolates Airflow through the environment)
-    from tests.services import running_platform
+    from airflow_provider_mlplat.testing.airflow import configure_airflow
+    from tests.conftest import REPO
+
+    configure_airflow(REPO / "dags", REPO / "plugins")  # before anything imports airflow
+    from airflow_provider_mlplat.testing.services import running_platform
 
     home = Path(tempfile.mkdtemp(prefix="mlplat-bench-rayhead-"))
     with running_platform(home, ("ray",)) as platform:
@@ -155,7 +158,7 @@ _EMULATOR = textwrap.dedent(
     """
     import sys, time
     sys.path.insert(0, {repo!r})
-    from tests.k8s_emulator import K8sEmulator
+    from airflow_provider_mlplat.testing.kubernetes.emulator import K8sEmulator
     with K8sEmulator() as emu:
         emu.register("ray.io", "v1", "rayjobs", "RayJob")
         emu.kubeconfig({kubeconfig!r})

@@ -8,8 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from airflow_provider_mlplat.testing.services import free_port
 from mlplat import keys
-from tests.services import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 ENGINE = REPO / "docker" / "engine.sh"

@@ -11,8 +11,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from airflow_provider_mlplat.testing.airflow import set_connection
+from airflow_provider_mlplat.testing.services import free_port
 from include import datagen
-from tests.conftest import REPO, free_port, set_connection
+from tests.conftest import REPO
 
 REPO_PATH = REPO / "include" / "feature_repo"
 GX_DIR = REPO / "include" / "gx"

@@ -73,7 +73,7 @@ def running_platform(home: Path, services: tuple[str, ...], **settings) -> Itera
 
     :param home: state folder.
     :param services: which services to run.
-    :param settings: further :class:`~mlplat.platform.Settings` fields.
+    :param settings: further :class:`~mlplat.platform.Settings` fields (else from ``MLPLAT_*`` variables).
     """
     from mlplat.platform import Platform, Settings
 
@@ -86,7 +86,7 @@ def running_platform(home: Path, services: tuple[str, ...], **settings) -> Itera
         "prometheus_port": free_port(),
         "pushgateway_port": free_port(),
     }
-    platform = Platform(Settings(home=home, services=services, **{**ports, **settings}))
+    platform = Platform(Settings.from_env(home=home, services=services, **{**ports, **settings}))
     try:
         platform.up(timeout=180)
         yield platform

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import running_platform
+from airflow_provider_mlplat.testing.services import running_platform
 
 pytestmark = pytest.mark.e2e
 

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from tests.conftest import free_port, free_port_block
-from tests.waiting import wait_for
+from airflow_provider_mlplat.testing.services import free_port, free_port_block
+from airflow_provider_mlplat.testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

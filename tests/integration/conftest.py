@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import set_connection, unavailable
+from airflow_provider_mlplat.testing.airflow import set_connection
+from airflow_provider_mlplat.testing.ci import unavailable
+from airflow_provider_mlplat.testing.services import running_platform
 from tests.drift_support import TRAINING_HOURS, stats
-from tests.services import running_platform
 
 
 @pytest.fixture(scope="module")

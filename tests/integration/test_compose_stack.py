@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
+from airflow_provider_mlplat.testing.ci import unavailable
 from tests.compose_support import COMPOSE_FILE, ComposeProject, EngineUnavailable, build_images, docker_engine
-from tests.conftest import unavailable
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,9 @@ from airflow_provider_mlplat.assets import feast_feature_view_asset
 from airflow_provider_mlplat.exceptions import MLPlatConfigError
 from airflow_provider_mlplat.hooks.feast import FeastHook
 from airflow_provider_mlplat.operators.feast import FeastMaterializeOperator
+from airflow_provider_mlplat.testing.ci import unavailable
 from include import datagen
-from tests.conftest import REPO, unavailable
+from tests.conftest import REPO
 from tests.feast_support import (
     DRIVERS,
     HOUR,

@@ -10,7 +10,7 @@ import pytest
 
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, MLPlatValidationFailed
 from airflow_provider_mlplat.operators.feast import FeastHistoricalFeaturesOperator
-from tests.conftest import set_connection
+from airflow_provider_mlplat.testing.airflow import set_connection
 from tests.feast_support import HOUR, T0, json_roundtrip, rides_repo, task_context
 from tests.training_support import FEATURES as TRAINING_FEATURES
 

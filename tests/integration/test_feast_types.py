@@ -20,7 +20,7 @@ import pytest
 from airflow_provider_mlplat.assets import feast_feature_view_asset
 from airflow_provider_mlplat.exceptions import MLPlatValidationFailed
 from airflow_provider_mlplat.operators.feast import FeastMaterializeOperator
-from tests.conftest import set_connection
+from airflow_provider_mlplat.testing.airflow import set_connection
 from tests.feast_support import task_context
 
 pytestmark = pytest.mark.integration

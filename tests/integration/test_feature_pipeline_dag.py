@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
+from airflow_provider_mlplat.testing.airflow import set_connection
 from include import datagen
-from tests.conftest import set_connection
 from tests.feast_support import DRIVERS, HOUR, T0, feast_connection, online_rows, task_context  # noqa: F401
 
 pytestmark = pytest.mark.integration

@@ -13,9 +13,11 @@ import pytest
 from airflow_provider_mlplat.exceptions import MLPlatServiceUnavailable
 from airflow_provider_mlplat.hooks.prometheus import PrometheusHook
 from airflow_provider_mlplat.operators.evidently import PUSH_JOB, drift_samples
-from tests.conftest import REPO, set_connection, unavailable
-from tests.services import running_platform
-from tests.waiting import wait_for
+from airflow_provider_mlplat.testing.airflow import set_connection
+from airflow_provider_mlplat.testing.ci import unavailable
+from airflow_provider_mlplat.testing.services import running_platform
+from airflow_provider_mlplat.testing.waiting import wait_for
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 DASHBOARDS = sorted((REPO / "include" / "grafana").glob("*.json"))

@@ -18,9 +18,9 @@ from airflow_provider_mlplat.inference_log import (
     inference_log_writer,
     read_inference_log,
 )
-from tests.conftest import set_connection
+from airflow_provider_mlplat.testing.airflow import set_connection
+from airflow_provider_mlplat.testing.services import POSTGRES_ADMIN_URL
 from tests.drift_support import context, operator, register, serve
-from tests.services import POSTGRES_ADMIN_URL
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import threading
 import pytest
 
 from airflow_provider_mlplat.hooks.mlflow import MLflowHook
-from tests.conftest import set_connection
-from tests.services import free_port
+from airflow_provider_mlplat.testing.airflow import set_connection
+from airflow_provider_mlplat.testing.services import free_port
 
 pytestmark = pytest.mark.integration
 CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")

@@ -12,8 +12,9 @@ import pytest
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, MLPlatValidationFailed
 from airflow_provider_mlplat.hooks.mlflow import MLflowHook
 from airflow_provider_mlplat.promotion import TAG_AUDIT, TAG_DECISION, TAG_REASONS, Promotion, PromotionGates
-from tests.conftest import set_connection, unavailable
-from tests.services import postgres_database, running_platform
+from airflow_provider_mlplat.testing.airflow import set_connection
+from airflow_provider_mlplat.testing.ci import unavailable
+from airflow_provider_mlplat.testing.services import postgres_database, running_platform
 
 pytestmark = pytest.mark.integration
 

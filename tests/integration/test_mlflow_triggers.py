@@ -9,8 +9,8 @@ import pytest
 
 from airflow_provider_mlplat.exceptions import MLPlatValidationFailed
 from airflow_provider_mlplat.hooks.mlflow import MLflowHook
+from airflow_provider_mlplat.testing.waiting import wait_for
 from airflow_provider_mlplat.triggers.mlflow import MLflowAliasChangedTrigger, MLflowModelVersionTrigger
-from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 POLL = 0.1
@@ -128,8 +128,8 @@ def test_version_trigger_waits_for_an_alias_to_reach_a_newer_ready_version(mlflo
 
 
 def test_version_trigger_reports_an_unreachable_registry_as_an_error_event(mlflow_server):
-    from tests.conftest import set_connection
-    from tests.services import free_port
+    from airflow_provider_mlplat.testing.airflow import set_connection
+    from airflow_provider_mlplat.testing.services import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     set_connection("mlflow_gone", conn_type="mlflow", host=url, extra={"timeout": "2"})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import free_port
+from airflow_provider_mlplat.testing.services import free_port
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

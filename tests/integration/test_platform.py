@@ -10,8 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from airflow_provider_mlplat.testing.services import free_port, free_port_block
 from mlplat.platform import Platform, Settings, load
-from tests.services import free_port, free_port_block
 
 pytestmark = pytest.mark.integration
 MLPLAT = str(Path(sys.executable).parent / "mlplat")

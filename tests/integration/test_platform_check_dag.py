@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import set_connection
-from tests.services import free_port
+from airflow_provider_mlplat.testing.airflow import set_connection
+from airflow_provider_mlplat.testing.services import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ from airflow.sdk.exceptions import TaskDeferred
 from airflow_provider_mlplat.exceptions import MLPlatError
 from airflow_provider_mlplat.hooks.ray import RayHook
 from airflow_provider_mlplat.operators.ray import RESULT_MARKER, RayJobOperator, job_key
+from airflow_provider_mlplat.testing.waiting import wait_for
 from tests.ray_support import first_event, rebuilt, run_to_end, task_context
-from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

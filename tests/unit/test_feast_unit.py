@@ -17,10 +17,11 @@ from airflow_provider_mlplat.hooks.feast import FeastHook, _same_but_meta
 from airflow_provider_mlplat.hooks.gx import GXHook, _exception_messages
 from airflow_provider_mlplat.operators.feast import FeastMaterializeOperator
 from airflow_provider_mlplat.sensors.feast import FeastFeatureFreshnessSensor
+from airflow_provider_mlplat.testing.airflow import set_connection
 from airflow_provider_mlplat.times import as_utc
 from airflow_provider_mlplat.triggers.feast import FeastFeatureFreshnessTrigger
 from include import datagen
-from tests.conftest import REPO, set_connection
+from tests.conftest import REPO
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 

@@ -14,8 +14,8 @@ from airflow_provider_mlplat.hooks.kserve import KServeHook
 from airflow_provider_mlplat.hooks.mlflow import MLflowHook
 from airflow_provider_mlplat.hooks.prometheus import PrometheusHook
 from airflow_provider_mlplat.hooks.ray import RayHook
-from tests.conftest import set_connection
-from tests.services import free_port
+from airflow_provider_mlplat.testing.airflow import set_connection
+from airflow_provider_mlplat.testing.services import free_port
 
 
 def test_constructing_a_hook_does_no_io():

@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from tests.k8s_emulator import K8sEmulator
+from airflow_provider_mlplat.testing.kubernetes.emulator import K8sEmulator
 
 RAY = ("ray.io", "v1")
 NS = "default"

@@ -9,9 +9,9 @@ import pytest
 
 from airflow_provider_mlplat.exceptions import MLPlatConfigError
 from airflow_provider_mlplat.hooks.kserve import InferenceServiceTarget, ModelVersionRef, isvc_readiness
+from airflow_provider_mlplat.testing.kubernetes.kserve_controller import FakeKServeController
+from airflow_provider_mlplat.testing.waiting import wait_for
 from airflow_provider_mlplat.triggers.kserve import KServeInferenceServiceReadyTrigger
-from tests.kserve_controller import FakeKServeController
-from tests.waiting import wait_for
 
 ORIGIN = {
     "dag_id": "deployment pipeline!",

@@ -11,7 +11,8 @@ import pytest
 from airflow_provider_mlplat.exceptions import MLPlatConfigError
 from airflow_provider_mlplat.hooks.kserve import KServeHook, isvc_readiness
 from airflow_provider_mlplat.operators.kserve import CanaryAnalysis, KServeRolloutOperator, v2_request
-from tests.conftest import set_connection, unavailable
+from airflow_provider_mlplat.testing.airflow import set_connection
+from airflow_provider_mlplat.testing.ci import unavailable
 
 
 def sample(requests=100, errors=0, p99=0.002):
@@ -195,8 +196,8 @@ def test_kserve_connection_decides_the_target():
 
 
 def test_trigger_serializes_and_times_out_on_an_unreachable_server(tmp_path):
+    from airflow_provider_mlplat.testing.services import free_port
     from airflow_provider_mlplat.triggers.kserve import KServeInferenceServiceReadyTrigger
-    from tests.conftest import free_port
 
     config = {"kind": "local", "namespace": "local", "url": f"http://127.0.0.1:{free_port()}"}
     trigger = KServeInferenceServiceReadyTrigger(config, "d", {"revision": 2}, timeout=0.3, poll_interval=0.1,

@@ -27,8 +27,9 @@ from airflow_provider_mlplat.operators.ray import (
     job_key,
     parse_result,
 )
+from airflow_provider_mlplat.testing.airflow import set_connection
 from airflow_provider_mlplat.triggers.ray import RayJobTrigger
-from tests.conftest import REPO, set_connection
+from tests.conftest import REPO
 from tests.ray_support import rebuilt, task_context
 
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")

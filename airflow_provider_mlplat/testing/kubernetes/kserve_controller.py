@@ -18,7 +18,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.k8s_emulator import K8sEmulator
+from airflow_provider_mlplat.testing.kubernetes.emulator import K8sEmulator
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import random
-import shutil
 import threading
 import time
 import uuid
@@ -16,9 +15,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
-from tests.conftest import set_connection, unavailable
-from tests.services import running_platform
 
 HERE = Path(__file__).parent
 FEATURES = ("conv_rate", "acc_rate", "avg_daily_trips", "trip_distance_km")
@@ -36,23 +32,15 @@ class Serving:
 
 
 @pytest.fixture(scope="session")
-def serving(mlflow_server, tmp_path_factory):
-    """The platform's KServe model server (MLflow = the session's server) and Prometheus scraping it;
-    sets the ``kserve_default`` and ``prometheus_default`` connections."""
-    if not shutil.which("prometheus") and not Path("/usr/bin/prometheus").exists():
-        unavailable("Prometheus is not installed (Debian: apt-get install prometheus)")
-    home = tmp_path_factory.mktemp("mlplat-serving")
-    mlflow_port = int(mlflow_server.rsplit(":", 1)[1])  # the session's MLflow, not a second one
-    with running_platform(home, ("model-server", "prometheus"), mlflow_port=mlflow_port) as platform:
-        for conn_id, fields in platform.connections().items():
-            set_connection(conn_id, **fields)
-        yield Serving(
-            platform=platform,
-            url=f"http://127.0.0.1:{platform.settings.model_server_port}",
-            prometheus_url=f"http://127.0.0.1:{platform.settings.prometheus_port}",
-            inference_log=platform.home / "inference-log",
-            state_file=platform.home / "serving" / "deployments.json",
-        )
+def serving(model_server, prometheus) -> Serving:
+    """The plugin's model server and the Prometheus scraping it, as one (``kserve_default``, ``prometheus_default``)."""
+    return Serving(
+        platform=model_server.platform,
+        url=model_server.url,
+        prometheus_url=prometheus.url,
+        inference_log=model_server.inference_log,
+        state_file=model_server.state_file,
+    )
 
 
 def rows(n: int, long_trips: float = 0.0, seed: int = 0) -> list[dict[str, Any]]:

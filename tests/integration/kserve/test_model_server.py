@@ -9,8 +9,8 @@ import pytest
 
 from airflow_provider_mlplat.inference_log import read_inference_log
 from airflow_provider_mlplat.operators.kserve import v2_request
+from airflow_provider_mlplat.testing.waiting import wait_for
 from tests.integration.kserve.conftest import FEATURES, rows
-from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ import pytest
 
 from airflow_provider_mlplat.exceptions import RolloutFailed
 from airflow_provider_mlplat.operators.kserve import KServeRolloutOperator
-from tests.conftest import set_connection
+from airflow_provider_mlplat.testing.airflow import set_connection
+from airflow_provider_mlplat.testing.kubernetes.kserve_controller import FakeKServeController
 from tests.integration.kserve.conftest import deploy_stable, mlflow_client, run_operator
-from tests.kserve_controller import FakeKServeController
 
 pytestmark = pytest.mark.integration
 
