@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["pytester"]  # tests/integration/test_testing_plugin.py runs a team's test session
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -46,7 +46,11 @@ def platform_services(home: Path, services: tuple[str, ...], **settings: Any) ->
         try:
             platform = stack.enter_context(running_platform(home, services, **settings))
         except (MLPlatConfigError, MLPlatServiceUnavailable) as err:
-            pytest.fail(f"{', '.join(services)} did not start: {err}", pytrace=False)
+            failure = f"{', '.join(services)} did not start: {err}"
+        else:
+            failure = ""
+        if failure:  # outside the except block: the report shows the log tail once, no chained traceback
+            pytest.fail(failure, pytrace=False)
         yield platform
 
 

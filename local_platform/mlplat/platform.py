@@ -642,16 +642,21 @@ class Platform:
         return {"seconds": round(time.monotonic() - started, 1), "services": self.status()}
 
     def wait_healthy(self, timeout: float) -> None:
-        """Wait until every service answers; fail early with its log tail when one dies."""
+        """
+        Wait until every service answers; fail early with its log tail when one dies, or exits and
+        is restarted by supervisord (a process that crashes after ``startsecs`` loops that way).
+        """
         deadline = time.monotonic() + timeout
+        pids: dict[str, int] = {}
         while True:
-            states = self.process_states()
-            dead = {name: st for name, st in states.items() if st in ("FATAL", "EXITED", "BACKOFF")}
-            if dead:
-                name = next(iter(dead))
-                raise MLPlatServiceUnavailable(
-                    f"{name} is {dead[name]}; last lines of its log:\n{self.log_tail(name)}"
-                )
+            for info in self.rpc().getAllProcessInfo() if self.supervisor_running() else []:
+                name, state, pid = info["name"], info["statename"], info["pid"]
+                restarted = bool(pid) and pids.setdefault(name, pid) != pid
+                if state in ("FATAL", "EXITED", "BACKOFF") or restarted:
+                    what = f"exited and was restarted (now {state})" if restarted else f"is {state}"
+                    raise MLPlatServiceUnavailable(
+                        f"{name} {what}; last lines of its log:\n{self.log_tail(name)}"
+                    )
             health = self.health()
             if all(h["ok"] for h in health.values()):
                 return
