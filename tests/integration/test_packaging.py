@@ -74,9 +74,16 @@ def test_the_provider_requires_airflow_only_and_brings_each_sdk_with_an_extra(wh
     meta = metadata(next(wheels.glob("airflow_provider_mlplat-*.whl")))
     core = [r for r in meta["Requires-Dist"] if "extra ==" not in r]
     assert core == ["apache-airflow>=3.3"]
-    assert set(meta["Provides-Extra"]) == {"mlflow", "feast", "gx", "ray", "kubernetes", "evidently", "openlineage", "all"}
+    assert set(meta["Provides-Extra"]) == {"mlflow", "feast", "gx", "ray", "kubernetes", "evidently", "openlineage", "all",
+                                           "testing"}  # fmt: skip
     assert not [r for r in meta["Requires-Dist"] if "kserve" in r]  # the model server is in no extra
     assert meta["Requires-Python"] == [">=3.11"]
+    with zipfile.ZipFile(next(wheels.glob("airflow_provider_mlplat-*.whl"))) as archive:
+        files = set(archive.namelist())
+        entry_points = archive.read(next(n for n in files if n.endswith("entry_points.txt"))).decode()
+    crds = "airflow_provider_mlplat/testing/kubernetes/crds/"
+    assert {f"{crds}serving.kserve.io_inferenceservices.yaml", f"{crds}ray.io_rayjobs.yaml", f"{crds}LICENSE"} <= files
+    assert "[pytest11]\nmlplat = airflow_provider_mlplat.testing.plugin" in entry_points
     server = next(wheels.glob("mlplat_model_server-*.whl"))
     with zipfile.ZipFile(server) as archive:  # the inference log module is a file in it, not a link
         assert "def read_inference_log(" in archive.read("mlplat_model_server/inference_log.py").decode()
@@ -132,17 +139,51 @@ def test_an_unknown_extra_is_named_in_one_line(wheels, tmp_path):
     assert lines == [f"warning: The package `{PROVIDER}==0.1.0` does not have an extra named `mlflwo`"]
 
 
+TEAM_K8S_TEST = """
+import httpx
+import jsonschema
+import pytest
+
+from airflow_provider_mlplat.testing import wait_for
+from airflow_provider_mlplat.testing.kubernetes.kserve_controller import FakeKServeController
+
+ISVC = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+        "metadata": {"name": "trips", "namespace": "default"},
+        "spec": {"predictor": {"model": {"modelFormat": {"name": "mlflow"}, "storageUri": "s3://models/trips"}}}}
+
+
+def test_our_manifest_is_valid_and_survives_an_api_outage(k8s, validate_manifest):
+    validate_manifest(ISVC)
+    with pytest.raises(jsonschema.ValidationError, match="'ten' is not of type 'integer'"):
+        validate_manifest({**ISVC, "spec": {"predictor": {**ISVC["spec"]["predictor"], "canaryTrafficPercent": "ten"}}})
+    url = f"{k8s.url}/apis/serving.kserve.io/v1beta1/namespaces/default/inferenceservices"
+    k8s.fail_next("POST", "inferenceservices", status=503)
+    assert httpx.post(url, json=ISVC).status_code == 503
+    assert httpx.post(url, json=ISVC).status_code == 201
+    with FakeKServeController(k8s):
+        status = wait_for(lambda: httpx.get(f"{url}/trips").json().get("status"), timeout=30, what="a status")
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
+"""
+
+
 @pytest.mark.timeout(600)  # 50-170 s measured
-def test_installed_with_the_mlflow_extra_it_promotes_a_model_and_names_missing_extras(
+def test_installed_with_the_mlflow_and_testing_extras_it_promotes_a_model_and_tests_a_team_dag(
     wheels, tmp_path, mlflow_server
 ):
     from airflow_provider_mlplat.hooks.mlflow import MLflowHook
     from tests.integration.test_mlflow_dag import register, trips
 
     bin_dir = venv(tmp_path / "venv")
-    installed = uv_pip(bin_dir, "install", f"{PROVIDER}[mlflow]", AIRFLOW, wheels=wheels)
+    installed = uv_pip(bin_dir, "install", f"{PROVIDER}[mlflow,testing]", AIRFLOW, wheels=wheels)
     assert installed.returncode == 0, installed.stderr[-3000:]
     assert "+ feast" not in installed.stderr and "+ ray" not in installed.stderr
+    assert "+ kubernetes" not in installed.stderr  # the plugin's emulator needs no Kubernetes client
+
+    team = tmp_path / "team"  # the plugin from the installed wheel: Kubernetes emulator, faults, CRD schemas
+    team.mkdir()
+    (team / "test_serving.py").write_text(TEAM_K8S_TEST)
+    tested = run(bin_dir / "python", "-m", "pytest", "-p", "no:cacheprovider", "-q", cwd=team)
+    assert tested.returncode == 0 and "1 passed" in tested.stdout, tested.stdout[-3000:] + tested.stderr[-3000:]
 
     name = f"team_model_{uuid.uuid4().hex[:8]}"
     assert register(name) == "1"  # through the test session's MLflow client, into the real server

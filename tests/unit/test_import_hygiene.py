@@ -21,6 +21,8 @@ HEAVY = (
     "kubernetes_asyncio",
     "pandas",
     "sklearn",
+    "pytest",  # the pytest plugin (airflow_provider_mlplat.testing) is loaded by pytest only
+    "kmock",
 )
 PROVIDER_MODULES = sorted(
     ".".join(p.relative_to(REPO).with_suffix("").parts)
