@@ -7,9 +7,8 @@ from datetime import UTC, datetime
 
 import yaml
 
-GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
-NS = "default"
-GVR = (GROUP, VERSION)
+GVR = ("ray.io", "v1")  # RayJobs
+NS = "default"  # the namespace it reconciles
 
 
 class FakeKubeRay(threading.Thread):
@@ -27,6 +26,10 @@ class FakeKubeRay(threading.Thread):
     - ``hold``: stays Running/RUNNING until :meth:`release`, then Complete/SUCCEEDED.
     - ``deadline``: Running/RUNNING, then Failed/DeadlineExceeded (activeDeadlineSeconds passed).
     - ``stuck``: stays Initializing: the head pod cannot be scheduled.
+
+    :param emulator: the Kubernetes emulator (the ``k8s`` fixture).
+    :param ray_cluster: a running Ray head (the ``ray_cluster`` fixture) for mode ``ray``; None: no Ray.
+    :param tick: seconds between reconcile passes.
     """
 
     def __init__(self, emulator, ray_cluster=None, tick: float = 0.1) -> None:
@@ -45,6 +48,7 @@ class FakeKubeRay(threading.Thread):
         self._halt = threading.Event()
 
     def release(self, name: str) -> None:
+        """Let a ``hold`` RayJob complete."""
         self.released.add(name)
 
     def __enter__(self) -> FakeKubeRay:
@@ -71,6 +75,7 @@ class FakeKubeRay(threading.Thread):
                 self.errors.append(err)
 
     def reconcile(self, obj: dict) -> None:
+        """Move one RayJob a step further, as KubeRay would."""
         name, spec, status = obj["metadata"]["name"], obj["spec"], obj.get("status") or {}
         mode = (spec.get("metadata") or {}).get("fake-kuberay", "ray" if self.ray else "succeed")
         phase = status.get("jobDeploymentStatus", "")
