@@ -77,6 +77,8 @@ def test_the_team_dag_materializes_its_own_features(feast_repo, run_dag):
     assert result.xcoms["materialize"]["rows"] == 2  # the latest row per courier inside the window
     online = repo.online_features(["deliveries:minutes"], [{"courier_id": 1}, {"courier_id": 2}])
     assert online["minutes"] == [11.0, 21.0]  # 01:30 is the latest inside [00:00, 03:00)
+    assert repo.online_store.stat().st_size > 0  # the fixture's store, not the repo's own data/online.db
+    assert not (repo.path / "data" / "online.db").exists()
 
 
 def test_an_unknown_param_names_the_valid_ones(run_dag):
@@ -86,10 +88,25 @@ def test_an_unknown_param_names_the_valid_ones(run_dag):
 
 def test_a_service_that_cannot_start(mlflow_server):
     pass
+
+
+def test_a_missing_service():
+    from airflow_provider_mlplat.testing import unavailable
+
+    unavailable("the team's queue is not installed")
+
+
+def test_a_plain_skip():
+    pytest.skip("not today")
+
+
+@pytest.mark.expected_skip("only on GPU machines")
+def test_an_expected_skip():
+    pytest.skip("no GPU")
 """
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)  # 56 s on a quiet machine, 270 s measured on a loaded one
 def test_a_team_tests_its_own_dag_with_the_plugin(pytester, monkeypatch):
     pytester.makeini("[pytest]\nmlplat_dags_folder = dags\n")
     (pytester.path / "dags").mkdir()
@@ -101,12 +118,14 @@ def test_a_team_tests_its_own_dag_with_the_plugin(pytester, monkeypatch):
     pytester.makepyfile(test_team=TEAM_TESTS)
     # a backend store MLflow cannot open: the mlflow_server fixture must fail with its log, not hang
     monkeypatch.setenv("MLPLAT_MLFLOW_DB_URL", "nosuchdb://nowhere")
+    monkeypatch.setenv("CI", "true")  # a skip fails unless marked expected_skip
 
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rfE", timeout=360)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rfE", timeout=540)
 
     output = result.stdout.str()
-    result.assert_outcomes(passed=2, errors=1)
+    result.assert_outcomes(passed=2, errors=1, failed=2, skipped=1)
     assert "mlflow did not start: mlflow " in output  # exited (or is restarting), then its log lines
     assert "nosuchdb" in output.split("mlflow did not start", 1)[1]
     assert "180 s" not in output  # not the platform's start timeout
-    assert "Skipped" not in output
+    assert "required service unavailable under CI=true: the team's queue is not installed" in output
+    assert "skipped under CI=true, not marked expected_skip: not today" in output
