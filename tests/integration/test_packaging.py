@@ -166,7 +166,7 @@ def test_our_manifest_is_valid_and_survives_an_api_outage(k8s, validate_manifest
 """
 
 
-@pytest.mark.timeout(600)  # 50-170 s measured
+@pytest.mark.timeout(900)  # 50-170 s measured on a quiet machine; 540 s (with the team test) on a loaded one
 def test_installed_with_the_mlflow_and_testing_extras_it_promotes_a_model_and_tests_a_team_dag(
     wheels, tmp_path, mlflow_server
 ):
