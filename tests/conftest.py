@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.k8s_audit import audit_last
 from tests.services import free_port, free_port_block, postgres_database, running_platform  # noqa: F401  (test modules import them from here)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,25 +225,33 @@ def redis_url():
 # -- Kubernetes ---------------------------------------------------------------------------------
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The RBAC audit runs last: it checks what all the other tests asked of the emulator."""
+    audit_last(items)
+
+
 @pytest.fixture
-def k8s(tmp_path):
+def k8s(tmp_path, request):
     """
     A Kubernetes API emulator with the KubeRay and KServe CRDs registered, and an Airflow
-    ``kubernetes_default`` connection pointing at it (namespace ``default``).
+    ``kubernetes_default`` connection pointing at it (namespace ``default``) that authenticates as
+    Airflow's service account: the requests made through it are recorded for the RBAC audit.
     """
+    from tests.k8s_audit import AIRFLOW_USER, record
     from tests.k8s_emulator import K8sEmulator
 
     with K8sEmulator() as emulator:
         emulator.register("ray.io", "v1", "rayjobs", "RayJob")
         emulator.register("ray.io", "v1", "rayclusters", "RayCluster")
         emulator.register("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService")
-        config = emulator.kubeconfig(tmp_path / "kubeconfig")
+        config = emulator.kubeconfig(tmp_path / "kubeconfig", token=AIRFLOW_USER)
         set_connection(
             "kubernetes_default",
             conn_type="kubernetes",
             extra={"kube_config_path": str(config), "namespace": "default"},
         )
         yield emulator
+        record(request.node.nodeid, emulator)
 
 
 def _crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
