@@ -409,3 +409,17 @@ def test_submission_waits_for_a_fresh_heads_job_agent_and_detects_a_race(monkeyp
     states = iter([None, RayJobState("j", "RUNNING", 1.0)])
     state, created = hook.submit_job("j", "python x.py", {"pip": ["x"]}, {"k": "v"})
     assert (state.status, created, calls) == ("RUNNING", False, [expected])
+
+
+def test_a_saved_result_belongs_to_one_run_of_the_job():
+    from airflow_provider_mlplat.ray_results import result_path, save_result, saved_result
+
+    state = RayJobState("train-saved", "SUCCEEDED", created_at=1767225600.0)
+    assert saved_result(state) == (False, None)
+    uri = save_result(state, {"version": "7"})
+    assert uri == str(result_path("train-saved")) and uri.endswith("/ray/results/train-saved.json")
+    assert saved_result(state) == (True, {"version": "7"})
+    resubmitted = RayJobState("train-saved", "SUCCEEDED", created_at=1767225660.0)  # same id, a later run
+    assert saved_result(resubmitted) == (False, None)
+    save_result(state, None)  # a job that printed no result line returns None on a retry too
+    assert saved_result(state) == (True, None)
