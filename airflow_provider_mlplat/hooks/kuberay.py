@@ -129,6 +129,8 @@ class KubeRayHook(RayHook):
     (kube config, context, in-cluster) and whose ``namespace`` extra (default: the Kubernetes
     connection's) holds the RayJobs. The host, when set, is a dashboard address that overrides the
     RayJob's in-cluster ``status.dashboardURL`` for logs and links; the password is the Ray token.
+    The ``env_secret`` extra names a Secret of that namespace that every Ray pod takes its
+    environment from (``envFrom``): how credentials reach the job without entering the RayJob.
 
     :param ray_conn_id: Airflow connection id of type ``ray``.
     """

@@ -200,8 +200,9 @@ def test_mlflow_credentials_reach_the_job_from_a_0600_file_never_the_dashboard(r
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(context)
     job_id = job_key(context)
-    info = httpx.get(f"{ray_cluster.address}/api/jobs/{job_id}", headers=RayHook().headers).json()
-    secret_file = Path(info["entrypoint"].split(" ")[4])
+    submitted = httpx.get(f"{ray_cluster.address}/api/jobs/{job_id}", headers=RayHook().headers)
+    assert password not in submitted.text  # entrypoint, runtime env, metadata as the dashboard shows them
+    secret_file = Path(submitted.json()["entrypoint"].split(" ")[4])
     assert secret_file.stat().st_mode & 0o777 == 0o600 and secret_file.read_text().count(password) == 1
     event = asyncio.run(first_event(rebuilt(deferred.value.trigger)))
     assert op.execute_complete(context, event) == {
