@@ -34,7 +34,8 @@ class RayJobState:
 
     :param job_id: submission id (the RayJob name on KubeRay).
     :param status: Ray job status: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED.
-    :param created_at: submission time, seconds since the epoch.
+    :param created_at: when this run of the job started, seconds since the epoch (KubeRay: the
+        attempt's ``status.startTime``); a saved result is only returned for the same run.
     :param message: Ray's (or KubeRay's) message about the job.
     :param reason: why it failed: Ray's error type, or KubeRay's ``status.reason``.
     :param phase: KubeRay's ``status.jobDeploymentStatus`` (empty for the Ray target).
