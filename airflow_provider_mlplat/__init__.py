@@ -51,6 +51,9 @@ CONNECTION_TYPES: dict[str, dict[str, Any]] = {
         "fields": {
             "kubernetes_conn_id": _text("Kubernetes connection id (set: run jobs as KubeRay RayJobs)"),
             "namespace": _text("Namespace of RayJobs (default: the Kubernetes connection's)"),
+            "env_secret": _text(
+                "KubeRay: Secret whose keys become the Ray pods' environment (MLflow credentials)"
+            ),
         },
         "behaviour": {
             "hidden-fields": ["schema", "login", "port", "extra"],

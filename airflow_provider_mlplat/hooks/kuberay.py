@@ -129,6 +129,8 @@ class KubeRayHook(RayHook):
     (kube config, context, in-cluster) and whose ``namespace`` extra (default: the Kubernetes
     connection's) holds the RayJobs. The host, when set, is a dashboard address that overrides the
     RayJob's in-cluster ``status.dashboardURL`` for logs and links; the password is the Ray token.
+    The ``env_secret`` extra names a Secret of that namespace that every Ray pod takes its
+    environment from (``envFrom``): how credentials reach the job without entering the RayJob.
 
     :param ray_conn_id: Airflow connection id of type ``ray``.
     """
@@ -196,6 +198,55 @@ class KubeRayHook(RayHook):
             )
         return f"KubeRay: {len(found.get('items', []))} RayJob(s) in namespace {self.namespace!r}"
 
+    # -- secrets ------------------------------------------------------------------------------
+
+    def prepare_secret_env(self, job_id: str, env: Mapping[str, str], entrypoint: str) -> str:
+        """
+        Check that the connection's ``env_secret`` (which every Ray pod takes its environment from)
+        holds the secret variables; the values never enter the RayJob.
+
+        :param job_id: RayJob name.
+        :param env: variable names and secret values.
+        :param entrypoint: the job's shell command (returned unchanged).
+        """
+        from kubernetes.client import ApiException
+
+        name = self.extra("env_secret")
+        if not env and not name:
+            return entrypoint
+        keys = ", ".join(env)
+        if not name:
+            raise MLPlatConfigError(
+                f"RayJob {job_id} needs {keys}, which on KubeRay come from a Kubernetes Secret, never the "
+                f"RayJob spec: create one in namespace {self.namespace!r} with those keys and name it in the "
+                f"env_secret extra of connection {self.conn_id!r}"
+            )
+        try:
+            with kubernetes_call(
+                "get", "secrets", self.namespace, f"kubernetes connection {self.kubernetes_conn_id!r}"
+            ):
+                secret = self.kubernetes_hook.core_v1_client.read_namespaced_secret(name, self.namespace)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+            raise MLPlatConfigError(
+                f"Secret {name!r} (env_secret of connection {self.conn_id!r}) does not exist in namespace "
+                f"{self.namespace!r}: create it there{f' with the keys {keys}' if keys else ''}"
+            ) from None
+        missing = [key for key in env if key not in (secret.data or {})]
+        if missing:
+            raise MLPlatConfigError(
+                f"Secret {name!r} in namespace {self.namespace!r} lacks the key(s) {', '.join(missing)} "
+                f"that RayJob {job_id} needs; it has: {', '.join(sorted(secret.data or {})) or 'none'}"
+            )
+        return entrypoint
+
+    def discard_secret_env(self, job_id: str) -> None:
+        """Nothing to discard: the Secret belongs to the namespace, not to one job.
+
+        :param job_id: RayJob name.
+        """
+
     # -- manifests ----------------------------------------------------------------------------
 
     def rayjob_manifest(
@@ -247,6 +298,8 @@ class KubeRayHook(RayHook):
         for key in ("airflow_dag_id", "airflow_task_id"):
             if metadata.get(key):
                 labels[f"mlplat.io/{key.removeprefix('airflow_').replace('_', '-')}"] = _label(metadata[key])
+        if self.extra("env_secret"):
+            spec["rayClusterSpec"] = _with_env_from(spec["rayClusterSpec"], self.extra("env_secret"))
         return {
             "apiVersion": f"{RAYJOB['group']}/{RAYJOB['version']}",
             "kind": "RayJob",
@@ -273,7 +326,8 @@ class KubeRayHook(RayHook):
             state = "RUNNING"  # K8sJobMode: terminal only once the submitter finished as well
         else:  # New, Initializing, Waiting, Retrying, Suspended, ... or Running before the job exists
             state = "PENDING"
-        created = obj["metadata"].get("creationTimestamp")
+        # the start of this attempt (a retry under backoffLimit starts anew), else of the resource
+        created = status.get("startTime") or obj["metadata"].get("creationTimestamp")
         return RayJobState(
             job_id=job_id,
             status=state,
@@ -419,3 +473,17 @@ def _cluster_problem(cluster_status: dict[str, Any]) -> str:
         if c.get("status") == ("True" if c.get("type") == "RayClusterReplicaFailure" else "False")
     ]
     return "; ".join(p for p in problems if p)
+
+
+def _with_env_from(cluster: dict[str, Any], secret: str) -> dict[str, Any]:
+    """A copy of a ``rayClusterSpec`` whose every container takes its environment from the Secret."""
+    import copy
+
+    cluster = copy.deepcopy(cluster)
+    groups = [cluster["headGroupSpec"], *(cluster.get("workerGroupSpecs") or [])]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            refs = container.setdefault("envFrom", [])
+            if {"secretRef": {"name": secret}} not in refs:
+                refs.append({"secretRef": {"name": secret}})
+    return cluster

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shlex
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_mlplat.exceptions import MLPlatConfigError
 from airflow_provider_mlplat.hooks.base import MLPlatHook
 
 if TYPE_CHECKING:
@@ -30,7 +34,8 @@ class RayJobState:
 
     :param job_id: submission id (the RayJob name on KubeRay).
     :param status: Ray job status: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED.
-    :param created_at: submission time, seconds since the epoch.
+    :param created_at: when this run of the job started, seconds since the epoch (KubeRay: the
+        attempt's ``status.startTime``); a saved result is only returned for the same run.
     :param message: Ray's (or KubeRay's) message about the job.
     :param reason: why it failed: Ray's error type, or KubeRay's ``status.reason``.
     :param phase: KubeRay's ``status.jobDeploymentStatus`` (empty for the Ray target).
@@ -169,6 +174,54 @@ class RayHook(MLPlatHook):
         jobs = self.client.list_jobs()
         version = httpx.get(f"{self.address}/api/version", headers=self.headers, timeout=10).json()
         return f"Ray {version.get('ray_version')} at {self.address}: {len(jobs)} job(s)"
+
+    # -- secrets ------------------------------------------------------------------------------
+
+    def _secret_file(self, job_id: str) -> Path | None:
+        """The job's secret file under a local artifact root (None: the root is object storage)."""
+        from airflow_provider_mlplat.artifacts import artifact_root
+
+        root = artifact_root()
+        return (
+            Path(root.path) / "ray" / "secrets" / f"{job_id}.env"
+            if root.protocol in ("file", "local")
+            else None
+        )
+
+    def prepare_secret_env(self, job_id: str, env: Mapping[str, str], entrypoint: str) -> str:
+        """
+        Hand secret environment variables to a job without showing them on the dashboard: write them
+        to a 0600 file (in a 0700 folder) that the returned entrypoint sources before it runs.
+
+        :param job_id: submission id.
+        :param env: variable names and secret values.
+        :param entrypoint: the job's shell command.
+        """
+        if not env:
+            return entrypoint
+        path = self._secret_file(job_id)
+        if path is None:
+            raise MLPlatConfigError(
+                f"secrets of Ray job {job_id} ({', '.join(env)}) go into a 0600 file the job reads, which needs "
+                "a local artifact_root shared with the Ray head: give the Ray cluster these variables in its "
+                "own environment instead"
+            )
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.writelines(f"{name}={shlex.quote(value)}\n" for name, value in env.items())
+        return f"set -a && . {shlex.quote(str(path))} && set +a && {entrypoint}"
+
+    def discard_secret_env(self, job_id: str) -> None:
+        """
+        Delete the secret file of a finished job (no-op when there is none).
+
+        :param job_id: submission id.
+        """
+        path = self._secret_file(job_id)
+        if path is not None:
+            path.unlink(missing_ok=True)
 
     # -- jobs ---------------------------------------------------------------------------------
 

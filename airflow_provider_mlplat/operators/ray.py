@@ -18,6 +18,7 @@ from airflow_provider_mlplat.exceptions import MLPlatConfigError, MLPlatError
 from airflow_provider_mlplat.hooks.ray import RayHook, RayJobState
 from airflow_provider_mlplat.hooks.ray_target import ray_job_hook
 from airflow_provider_mlplat.links.ray import RayJobLink
+from airflow_provider_mlplat.ray_results import result_path, save_result, saved_result
 from airflow_provider_mlplat.triggers.ray import RayJobTrigger, wait_for_job
 
 if TYPE_CHECKING:
@@ -85,7 +86,10 @@ class RayJobOperator(BaseOperator):
     the next try submits ``<id>-r2``, ``-r3``, ... Deferrable by default (:class:`RayJobTrigger`);
     otherwise the job's log is streamed into the task log. A failed job fails the task with Ray's
     error and the last log lines. The job returns a result by printing one line
-    ``MLPLAT_RESULT_JSON=<json>``: that JSON is the task's return value (None without such a line).
+    ``MLPLAT_RESULT_JSON=<json>``: that JSON is the task's return value (None without such a line). It
+    is also kept in artifact storage (``ray/results/<job id>.json``, with the job's start time), so a
+    retry after success returns it even once the cluster is gone; a succeeded job whose result can
+    be read from neither fails the task, saying why.
     XCom ``ray_job`` holds the job id, target, status and dashboard address.
 
     :param entrypoint: shell command the job runs, e.g. ``python train.py``.
@@ -97,8 +101,10 @@ class RayJobOperator(BaseOperator):
     :param job_metadata: metadata attached to the job (the Airflow ids are added).
     :param entrypoint_num_cpus: CPUs reserved for the entrypoint process.
     :param ray_conn_id: ``ray`` connection: where the job runs.
-    :param mlflow_conn_id: when set, the job gets ``MLFLOW_TRACKING_URI`` (and the connection's
-        credentials) in its environment.
+    :param mlflow_conn_id: when set, the job gets ``MLFLOW_TRACKING_URI`` in its runtime env and the
+        connection's credentials out of the dashboard's sight: on a Ray cluster from a 0600 file its
+        entrypoint sources (under a local artifact root), on KubeRay from the Secret named by the
+        ``ray`` connection's ``env_secret`` extra (checked before the RayJob is created).
     :param cluster_spec: KubeRay ``rayClusterSpec`` as a dict.
     :param cluster_spec_file: a YAML file holding a ``rayClusterSpec`` (rendered with Jinja first).
     :param image: KubeRay container image of the generated cluster.
@@ -258,7 +264,7 @@ class RayJobOperator(BaseOperator):
         for key, value in (self.env_vars or {}).items():
             env_vars[str(key)] = value if isinstance(value, str) else json.dumps(value, default=str)
         if self.mlflow_conn_id:
-            env_vars.update(_mlflow_env(self.mlflow_conn_id))
+            env_vars.update(_mlflow_env(self.mlflow_conn_id)[0])
         env_vars["MLPLAT_RAY_JOB_ID"] = job_id
         env["env_vars"] = env_vars
         return env
@@ -304,12 +310,13 @@ class RayJobOperator(BaseOperator):
             **{str(k): str(v) for k, v in (self.job_metadata or {}).items()},
         }
         options = self._cluster_options(context) if hook.target == "kuberay" else {}
+        secrets = _mlflow_env(self.mlflow_conn_id)[1] if self.mlflow_conn_id else {}
         base = job_key(context)
         for attempt in itertools.count(1):
             job_id = attempt_job_id(base, attempt)
             state, created = hook.submit_job(
                 job_id,
-                entrypoint=self.entrypoint,
+                entrypoint=hook.prepare_secret_env(job_id, secrets, self.entrypoint),
                 runtime_env=self._runtime_env(job_id),
                 metadata=metadata,
                 entrypoint_num_cpus=self.entrypoint_num_cpus,
@@ -411,6 +418,8 @@ class RayJobOperator(BaseOperator):
     ) -> dict[str, Any] | None:
         job_id, kind = event["job_id"], event["event"]
         state = RayJobState(**event["state"]) if event.get("state") else None
+        if kind in ("finished", "startup_timeout"):  # ended, or stopped below: it reads no secret any more
+            hook.discard_secret_env(job_id)
         if state is not None:
             self._record(context, hook, state)
         if kind == "startup_timeout" and state is not None:
@@ -421,7 +430,7 @@ class RayJobOperator(BaseOperator):
             )
         if kind != "finished" or state is None:
             raise MLPlatError(f"waiting for {hook.target} job {job_id} failed: {event['message']}")
-        logs = self._logs(hook, state)
+        logs, unreadable = self._logs(hook, state)
         lines = logs.splitlines() if logs is not None else []
         tail = lines[-self.log_tail_lines :] if self.log_tail_lines else []
         if streamed is not None:
@@ -435,23 +444,42 @@ class RayJobOperator(BaseOperator):
             raise MLPlatError(
                 f"{hook.target} job {job_id} {state.describe(full_message=logs is None)}{shown}"
             )
-        result = parse_result(lines)
-        if result is None:
-            self.log.warning("job %s printed no %s line: it returns nothing", job_id, RESULT_MARKER)
-        return result
+        return self._result(hook, state, lines if logs is not None else None, unreadable)
 
-    def _logs(self, hook: RayHook, state: RayJobState) -> str | None:
-        """The job's whole log, or None when no dashboard holding it can be reached."""
+    def _result(
+        self, hook: RayHook, state: RayJobState, lines: list[str] | None, unreadable: str
+    ) -> dict[str, Any] | None:
+        """The result of a succeeded job: from its log (then saved), else as saved when it succeeded."""
+        if lines is not None:
+            result = parse_result(lines)
+            uri = save_result(state, result)
+            if result is None:
+                self.log.warning("job %s printed no %s line: it returns nothing", state.job_id, RESULT_MARKER)
+            else:
+                self.log.info("result of job %s saved at %s", state.job_id, uri)
+            return result
+        found, result = saved_result(state)
+        if found:
+            self.log.info("result of job %s read from %s", state.job_id, result_path(state.job_id))
+            return result
+        raise MLPlatError(
+            f"{hook.target} job {state.job_id} SUCCEEDED but its result cannot be read: {unreadable}, and no "
+            f"result of this run of the job was saved at {result_path(state.job_id)} (no task read its log "
+            "before the cluster went away). Raise ttl_seconds_after_finished, or clear the task to run it again."
+        )
+
+    def _logs(self, hook: RayHook, state: RayJobState) -> tuple[str | None, str]:
+        """The job's whole log, or None and why when no dashboard holding it can be reached."""
         if not state.dashboard_url:
-            self.log.warning("job %s: no Ray dashboard known, its log cannot be read", state.job_id)
-            return None
+            why = "no Ray dashboard is known for it"
+            self.log.warning("job %s: %s, its log cannot be read", state.job_id, why)
+            return None, why
         try:
-            return hook.job_logs(state)
+            return hook.job_logs(state), ""
         except Exception as err:
-            self.log.warning(
-                "job %s: could not read its log from %s: %s", state.job_id, state.dashboard_url, err
-            )
-            return None
+            why = f"its log could not be read from {state.dashboard_url} ({err})"
+            self.log.warning("job %s: %s", state.job_id, why)
+            return None, why
 
     def on_kill(self) -> None:
         """Stop the Ray job (KubeRay: delete the RayJob) this task started or reattached to."""
@@ -460,16 +488,20 @@ class RayJobOperator(BaseOperator):
             self._hook.stop_job(self._job_id)
 
 
-def _mlflow_env(mlflow_conn_id: str) -> dict[str, str]:
-    """MLflow settings for a job's environment, from an ``mlflow`` connection (credentials if any)."""
+def _mlflow_env(mlflow_conn_id: str) -> tuple[dict[str, str], dict[str, str]]:
+    """
+    MLflow settings for a job's environment from an ``mlflow`` connection: the plain ones (tracking
+    and registry URI) and the credentials, which the target hands over out of sight.
+    """
     from airflow_provider_mlplat.hooks.mlflow import MLflowHook
 
     hook = MLflowHook(mlflow_conn_id)
     env = {"MLFLOW_TRACKING_URI": hook.tracking_uri}
     if hook.registry_uri != hook.tracking_uri:
         env["MLFLOW_REGISTRY_URI"] = hook.registry_uri
+    credentials = {}
     with hook.credentials():  # the hook decides which variables carry the credentials
         for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
             if os.environ.get(name):
-                env[name] = os.environ[name]
-    return env
+                credentials[name] = os.environ[name]
+    return env, credentials

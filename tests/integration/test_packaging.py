@@ -82,7 +82,11 @@ def test_the_provider_requires_airflow_only_and_brings_each_sdk_with_an_extra(wh
         files = set(archive.namelist())
         entry_points = archive.read(next(n for n in files if n.endswith("entry_points.txt"))).decode()
     crds = "airflow_provider_mlplat/testing/kubernetes/crds/"
-    assert {f"{crds}serving.kserve.io_inferenceservices.yaml", f"{crds}ray.io_rayjobs.yaml", f"{crds}LICENSE"} <= files
+    assert {
+        f"{crds}serving.kserve.io_inferenceservices.yaml",
+        f"{crds}ray.io_rayjobs.yaml",
+        f"{crds}LICENSE",
+    } <= files
     assert "[pytest11]\nmlplat = airflow_provider_mlplat.testing.plugin" in entry_points
     server = next(wheels.glob("mlplat_model_server-*.whl"))
     with zipfile.ZipFile(server) as archive:  # the inference log module is a file in it, not a link
@@ -183,7 +187,9 @@ def test_installed_with_the_mlflow_and_testing_extras_it_promotes_a_model_and_te
     team.mkdir()
     (team / "test_serving.py").write_text(TEAM_K8S_TEST)
     tested = run(bin_dir / "python", "-m", "pytest", "-p", "no:cacheprovider", "-q", cwd=team)
-    assert tested.returncode == 0 and "1 passed" in tested.stdout, tested.stdout[-3000:] + tested.stderr[-3000:]
+    assert tested.returncode == 0 and "1 passed" in tested.stdout, (
+        tested.stdout[-3000:] + tested.stderr[-3000:]
+    )
 
     name = f"team_model_{uuid.uuid4().hex[:8]}"
     assert register(name) == "1"  # through the test session's MLflow client, into the real server

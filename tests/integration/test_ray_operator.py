@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
+from pathlib import Path
 
+import httpx
 import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_provider_mlplat.exceptions import MLPlatError
 from airflow_provider_mlplat.hooks.ray import RayHook
 from airflow_provider_mlplat.operators.ray import RESULT_MARKER, RayJobOperator, job_key
+from airflow_provider_mlplat.testing.airflow import set_connection
 from airflow_provider_mlplat.testing.waiting import wait_for
 from tests.ray_support import first_event, rebuilt, run_to_end, task_context
 
@@ -175,3 +179,40 @@ def test_job_pending_past_the_startup_timeout_fails_with_the_reason_and_asks_to_
     assert message.endswith("Asked to stop it.")
     # Ray 2.60 queues the stop until the job's supervisor gets its resources: it never ran
     assert RayHook().get_job(job_key(context)).status == "PENDING"
+
+
+def test_mlflow_credentials_reach_the_job_from_a_0600_file_never_the_dashboard(ray_cluster, tmp_path):
+    password = "pw-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:16]
+    set_connection(
+        "mlflow_basic", conn_type="mlflow", host="http://127.0.0.1:1", login="ml", password=password
+    )
+    code = (
+        "import hashlib, json, os\n"
+        "print('MLFLOW_TRACKING_USERNAME' in os.environ, 'in the environment')\n"  # no value printed
+        "seen = {'user': os.environ['MLFLOW_TRACKING_USERNAME'], 'uri': os.environ['MLFLOW_TRACKING_URI'],\n"
+        "        'sha': hashlib.sha256(os.environ['MLFLOW_TRACKING_PASSWORD'].encode()).hexdigest()}\n"
+        f"print('{RESULT_MARKER}' + json.dumps(seen))\n"
+    )
+    op = RayJobOperator(
+        task_id="creds", poll_interval=0.2, mlflow_conn_id="mlflow_basic", **script(tmp_path, code)
+    )
+    context = task_context("creds")
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context)
+    job_id = job_key(context)
+    submitted = httpx.get(f"{ray_cluster.address}/api/jobs/{job_id}", headers=RayHook().headers)
+    assert password not in submitted.text  # entrypoint, runtime env, metadata as the dashboard shows them
+    secret_file = Path(submitted.json()["entrypoint"].split(" ")[4])
+    assert secret_file.stat().st_mode & 0o777 == 0o600 and secret_file.read_text().count(password) == 1
+    event = asyncio.run(first_event(rebuilt(deferred.value.trigger)))
+    assert op.execute_complete(context, event) == {
+        "user": "ml",
+        "uri": "http://127.0.0.1:1",
+        "sha": hashlib.sha256(password.encode()).hexdigest(),
+    }
+    shown = httpx.get(f"{ray_cluster.address}/api/jobs/{job_id}", headers=RayHook().headers).text
+    listed = httpx.get(f"{ray_cluster.address}/api/jobs/", headers=RayHook().headers).text
+    logs = RayHook().job_logs(RayHook().get_job(job_id))
+    assert "True in the environment" in logs and '"runtime_env"' in shown
+    assert password not in shown + listed + logs  # job info (entrypoint, runtime env, metadata), list, log
+    assert not secret_file.exists()  # the finished job's file is gone

@@ -280,9 +280,48 @@ def test_runtime_env_merges_parameters_and_passes_mlflow_settings(tmp_path):
         "PLAIN": "x",
         "SUMMARY": '{"uri": "s3://b/t.parquet", "rows": 3}',
         "MLFLOW_TRACKING_URI": "http://mlflow.local:5000",
-        "MLFLOW_TRACKING_TOKEN": "t0k",
         "MLPLAT_RAY_JOB_ID": "train-abc",
     }
+    assert "t0k" not in repr(env)  # credentials never enter the runtime env the dashboard shows
+
+
+def test_secret_env_goes_to_a_0600_file_the_entrypoint_sources(tmp_path):
+    import os
+    import subprocess
+
+    hook = RayHook("ray_default")
+    secret = "p@ss 'word' $HOME"
+    entrypoint = hook.prepare_secret_env("train-abc", {"MLFLOW_TRACKING_PASSWORD": secret}, "env")
+    path = Path(entrypoint.split(" ")[4].strip("'"))
+    assert path.name == "train-abc.env" and secret not in entrypoint
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    out = subprocess.run(["/bin/sh", "-c", entrypoint], capture_output=True, text=True, env={}, check=True)
+    assert f"MLFLOW_TRACKING_PASSWORD={secret}" in out.stdout.splitlines()  # exported, quoted verbatim
+    assert hook.prepare_secret_env("train-abc", {}, "python x.py") == "python x.py"
+    hook.discard_secret_env("train-abc")
+    assert not path.exists() and os.access(path.parent, os.W_OK)
+
+
+def test_kuberay_pods_take_secrets_from_the_env_secret_never_the_spec(kuberay_conn):
+    set_connection(
+        "kuberay_secret",
+        conn_type="ray",
+        extra={"kubernetes_conn_id": "kubernetes_unit", "namespace": "ml", "env_secret": "mlflow-creds"},
+    )
+    manifest = KubeRayHook("kuberay_secret").rayjob_manifest("train-abc", "python x.py", {}, {})
+    cluster = manifest["spec"]["rayClusterSpec"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    assert [c["envFrom"] for g in groups for c in g["template"]["spec"]["containers"]] == [
+        [{"secretRef": {"name": "mlflow-creds"}}]
+    ] * 2
+    with pytest.raises(MLPlatConfigError) as no_secret:  # credentials but no env_secret: refused
+        KubeRayHook(kuberay_conn).prepare_secret_env(
+            "train-abc", {"MLFLOW_TRACKING_TOKEN": "t0k"}, "python x.py"
+        )
+    assert "namespace 'ml'" in str(
+        no_secret.value
+    ) and "env_secret extra of connection 'kuberay_unit'" in str(no_secret.value)
+    assert "t0k" not in str(no_secret.value)
 
 
 def test_working_dir_package_is_content_addressed_with_one_top_folder(tmp_path):
@@ -371,3 +410,17 @@ def test_submission_waits_for_a_fresh_heads_job_agent_and_detects_a_race(monkeyp
     states = iter([None, RayJobState("j", "RUNNING", 1.0)])
     state, created = hook.submit_job("j", "python x.py", {"pip": ["x"]}, {"k": "v"})
     assert (state.status, created, calls) == ("RUNNING", False, [expected])
+
+
+def test_a_saved_result_belongs_to_one_run_of_the_job():
+    from airflow_provider_mlplat.ray_results import result_path, save_result, saved_result
+
+    state = RayJobState("train-saved", "SUCCEEDED", created_at=1767225600.0)
+    assert saved_result(state) == (False, None)
+    uri = save_result(state, {"version": "7"})
+    assert uri == str(result_path("train-saved")) and uri.endswith("/ray/results/train-saved.json")
+    assert saved_result(state) == (True, {"version": "7"})
+    resubmitted = RayJobState("train-saved", "SUCCEEDED", created_at=1767225660.0)  # same id, a later run
+    assert saved_result(resubmitted) == (False, None)
+    save_result(state, None)  # a job that printed no result line returns None on a retry too
+    assert saved_result(state) == (True, None)

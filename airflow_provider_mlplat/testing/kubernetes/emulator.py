@@ -61,6 +61,17 @@ class Call(NamedTuple):
     subresource: str | None = None
 
 
+class Access(NamedTuple):
+    """One request as RBAC authorizes it (``group`` is "" for the core group and non-resource URLs)."""
+
+    user: str
+    verb: str
+    group: str
+    resource: str  # plural[/subresource], or the path of a non-resource URL
+    namespace: str | None
+    name: str | None
+
+
 @dataclasses.dataclass
 class _Fault:
     method: str | None
@@ -177,6 +188,7 @@ class K8sEmulator(kmock.KubernetesScaffold):
             warnings.simplefilter("ignore", DeprecationWarning)
             self.resources.load_bundled()  # builtins: v1 pods, configmaps, namespaces..., apps/v1, batch/v1
         self.requests: list[Call] = []
+        self.audit: list[Access] = []  # what each request asked, as RBAC sees it (see _audit)
         self.server_errors: list[Exception] = []  # unexpected exceptions in the emulator itself
         self._counts: Counter[tuple[str, str | None]] = Counter()
         self._faults: list[_Fault] = []
@@ -227,12 +239,12 @@ class K8sEmulator(kmock.KubernetesScaffold):
         assert self._server is not None, "the emulator is not started"
         return f"http://127.0.0.1:{self._server.port}"
 
-    def kubeconfig(self, path: str | Path, namespace: str = "default") -> str:
-        """Write a kubeconfig file (JSON, which is valid YAML) pointing at this emulator."""
+    def kubeconfig(self, path: str | Path, namespace: str = "default", token: str = "emulator-token") -> str:
+        """Write a kubeconfig file (JSON, which is valid YAML) pointing at this emulator, as ``token``."""
         context = {"cluster": "emulator", "user": "emulator", "namespace": namespace}
         config: dict[str, Any] = {"apiVersion": "v1", "kind": "Config", "current-context": "emulator"}
         config["clusters"] = [{"name": "emulator", "cluster": {"server": self.url}}]
-        config["users"] = [{"name": "emulator", "user": {"token": "emulator-token"}}]
+        config["users"] = [{"name": "emulator", "user": {"token": token}}]
         config["contexts"] = [{"name": "emulator", "context": context}]
         Path(path).write_text(json.dumps(config, indent=2))
         return str(path)
@@ -287,6 +299,31 @@ class K8sEmulator(kmock.KubernetesScaffold):
                 raise KeyError(f"{plural}.{group} {namespace}/{name} does not exist")
             return copy.deepcopy(self._update(res, self._info(res), old, {"status": status}, "status"))
 
+    def create_object(self, group: str, version: str, plural: str, body: dict) -> dict:
+        """Store a new object as an administrator would (no request: neither logged nor audited)."""
+        res = (group, version, plural)
+        with self._mutex:
+            return copy.deepcopy(self._create(res, self._info(res), body["metadata"].get("namespace"), body))
+
+    # -- RBAC audit -----------------------------------------------------------------------------
+
+    def _audit(self, raw: aiohttp.web.BaseRequest, call: Call, where: tuple | None) -> None:
+        """Record who asked what, in RBAC's terms (verb, API group, resource[/subresource], namespace)."""
+        user = raw.headers.get("Authorization", "").removeprefix("Bearer ")
+        if where is None or call.plural is None:  # discovery: a non-resource URL
+            self.audit.append(Access(user, call.method.lower(), "", raw.path, None, None))
+            return
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(call.method)
+        if call.method == "GET":
+            watch = call.query.get("watch", "").lower() in ("true", "1")
+            verb = "watch" if watch else ("get" if call.name else "list")
+        elif call.method == "DELETE":
+            verb = "delete" if call.name else "deletecollection"
+        resource = f"{call.plural}/{call.subresource}" if call.subresource else call.plural
+        self.audit.append(
+            Access(user, verb or call.method.lower(), where[0], resource, call.namespace, call.name)
+        )
+
     # -- serving ----------------------------------------------------------------------------------
 
     async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
@@ -300,6 +337,7 @@ class K8sEmulator(kmock.KubernetesScaffold):
         call = Call(raw.method, raw.path, dict(raw.query), data, *(where[2:] if where else ()))
         with self._mutex:
             self.requests.append(call)
+            self._audit(raw, call, where)
             self._counts[call.method, call.plural] += 1
             fault = next((fault for fault in self._faults if fault.matches(call)), None)
             if fault and fault.times is not None:

@@ -10,6 +10,9 @@ import pytest
 from airflow_provider_mlplat.testing.airflow import set_connection
 
 CRD_DIR = Path(__file__).parent / "crds"  # the official schemas, vendored (see its README)
+#: who the ``kubernetes_default`` connection authenticates as: the service account of include/k8s/rbac.yaml
+#: (the emulator takes the bearer token as the user name, and records it with each request)
+AIRFLOW_USER = "system:serviceaccount:airflow:mlplat-airflow"
 
 
 @pytest.fixture
@@ -17,7 +20,8 @@ def k8s(tmp_path):
     """
     A Kubernetes API emulator (:class:`~.emulator.K8sEmulator`: ``fail_next`` injects faults,
     ``requests`` records them) with the KubeRay and KServe CRDs registered, and an Airflow
-    ``kubernetes_default`` connection pointing at it (namespace ``default``).
+    ``kubernetes_default`` connection pointing at it (namespace ``default``) that authenticates
+    as Airflow's service account (:data:`AIRFLOW_USER`); ``audit`` lists what it asked, in RBAC terms.
     """
     from airflow_provider_mlplat.testing.kubernetes.emulator import K8sEmulator
 
@@ -25,7 +29,7 @@ def k8s(tmp_path):
         emulator.register("ray.io", "v1", "rayjobs", "RayJob")
         emulator.register("ray.io", "v1", "rayclusters", "RayCluster")
         emulator.register("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService")
-        config = emulator.kubeconfig(tmp_path / "kubeconfig")
+        config = emulator.kubeconfig(tmp_path / "kubeconfig", token=AIRFLOW_USER)
         set_connection(
             "kubernetes_default",
             conn_type="kubernetes",
