@@ -27,6 +27,7 @@ CANARY_ANNOTATION = "mlplat.io/canary-model-version"
 CANARY_CONDITION = "CanaryPredictorReady"
 CRD = f"{INFERENCE_SERVICE['plural']}.{INFERENCE_SERVICE['group']}"
 #: one predictor's Service inside the cluster (KServe names it ``<isvc>-<predictor name>-predictor``)
+MODEL_CONTAINER = "kserve-container"
 PREDICTOR_URL = "http://{name}-{predictor}-predictor.{namespace}.svc.cluster.local"
 
 
@@ -117,7 +118,10 @@ class StandardTarget(InferenceServiceTarget):
             obj = self.apply(self.manifest(name, model, labels, annotations, self.predictor_spec(model)))
             return Expectation(generation=obj["metadata"]["generation"])
         canary = canary_name(model.version)
-        entry = {"trafficPercent": 0, "predictor": {**self.predictor_spec(model), "name": canary}}
+        predictor = {**self.predictor_spec(model), "name": canary}
+        # the CRD requires a container name in a canary's model (KServe's default name for it)
+        predictor["model"] = {"name": MODEL_CONTAINER, **predictor["model"]}
+        entry = {"trafficPercent": 0, "predictor": predictor}
         annotations |= {STABLE_ANNOTATION: stable, CANARY_ANNOTATION: model.version}
         body = {"metadata": {"labels": labels, "annotations": annotations}, "spec": {"canary": [entry]}}
         obj = self._patch(name, body)

@@ -29,7 +29,10 @@ def check(**kwargs) -> tuple[datetime, datetime]:
         ({"per_column_threshold": {"conv_rate": math.nan}}, r"per_column_threshold\['conv_rate'\]=nan"),
         ({"min_rows": 0}, r"min_rows=0 must be a whole number >= 1"),
         ({"model_version": "champion"}, r"model_version='champion' must be a version number"),
-        ({"model_name": ""}, r"model_name='': name the registered MLflow model whose served traffic is checked"),
+        (
+            {"model_name": ""},
+            r"model_name='': name the registered MLflow model whose served traffic is checked",
+        ),
         ({"columns": "conv_rate"}, r"columns='conv_rate' must be a non-empty list of column names"),
         ({"columns": []}, r"columns=\[\] must be a non-empty list"),
         ({"method": 3}, r"method=3 must be a method name"),
