@@ -218,3 +218,20 @@ def test_the_service_annotation_decides_the_mode_over_the_connection(k8s):
         "InferenceService default/tc (serving.kserve.io/deploymentMode): deployment mode 'Raw' is not one of "
         "Serverless, Knative, RawDeployment, Standard"
     )
+
+
+def test_a_direct_rollout_replaces_the_predictor_and_its_rollback_restores_it(k8s, validate_manifest):
+    t = target()
+    with FakeKServeController(k8s):
+        wait_ready(t, t.stage(NAME, ref("1"), None, ORIGIN, direct=False))
+        previous, current = t.previous_spec(NAME), t.current(NAME)
+        expect = t.stage(NAME, ref("2"), current, ORIGIN, direct=True)
+        assert expect == Expectation(generation=2) and wait_ready(t, expect)["status"] == "ready"
+        assert "canary" not in stored(k8s)["spec"]
+        assert stored(k8s)["spec"]["predictor"]["model"]["storageUri"] == "s3://models/tc/2"
+        done = t.rollback(NAME, ref("2"), "1", previous)
+    assert done == "predictor spec of tc restored to version 1"
+    isvc = stored(k8s)
+    assert isvc["spec"]["predictor"] == previous["predictor"]
+    assert isvc["metadata"]["labels"]["mlplat.io/model-version"] == "1"
+    validate_manifest(isvc)
