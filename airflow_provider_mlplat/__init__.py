@@ -71,13 +71,17 @@ CONNECTION_TYPES: dict[str, dict[str, Any]] = {
             "kubernetes_conn_id": _text("Kubernetes connection id (empty: the local model server)"),
             "namespace": _text("Namespace of InferenceServices"),
             "deployment_mode": _text(
-                "Cluster's default KServe deployment mode (Serverless, RawDeployment, Standard)"
+                "Cluster's default KServe deployment mode (Serverless/Knative, RawDeployment/Standard)"
             ),
             "logger_url": _text("Request logger sink URL for InferenceServices (inference log)"),
             "mlflow_artifacts_uri": _text(
                 "Storage URI behind MLflow's mlflow-artifacts:/ proxy (e.g. s3://...)"
             ),
             "inference_log": _text("Inference log of the local model server: folder or postgresql:// URL"),
+            "predictor_url": _text(
+                "Standard mode: URL of one predictor's Service, {name} {predictor} {namespace} filled in "
+                "(default http://{name}-{predictor}-predictor.{namespace}.svc.cluster.local)"
+            ),
         },
         "behaviour": {
             "hidden-fields": ["schema", "login", "password", "port", "extra"],
@@ -109,6 +113,11 @@ _MODULES: dict[str, list[str]] = {
         "hooks.kuberay",
         "hooks.ray_target",
         "hooks.kserve",
+        "hooks.kserve_target",
+        "hooks.kserve_local",
+        "hooks.kserve_isvc",
+        "hooks.kserve_knative",
+        "hooks.kserve_standard",
         "hooks.prometheus",
         "hooks.evidently",
     ],

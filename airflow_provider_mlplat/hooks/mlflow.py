@@ -228,7 +228,7 @@ class MLflowHook(MLPlatHook):
             version = self.alias_target(name, alias)
         except MLPlatConfigError:
             return None
-        return version.version if version else None
+        return str(version.version) if version else None  # SQL stores answer int, the REST store str
 
     def version_metrics(self, version: ModelVersion, required: list[str] | tuple[str, ...] = ()) -> dict:
         """

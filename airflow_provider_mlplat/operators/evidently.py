@@ -86,7 +86,7 @@ class EvidentlyDriftOperator(LineageMixin, BaseOperator):
     model, version, window, drifted features and share. Fewer than ``min_rows`` served rows skip
     the task: too little evidence for a verdict is not drift.
 
-    :param model_name: registered MLflow model whose deployment is checked.
+    :param model_name: registered MLflow model whose deployment is checked (required).
     :param model_version: version whose training set is the reference (default: the version that
         served most rows in the window).
     :param deployment_name: deployment (InferenceService) name (default: the model name with dashes,
@@ -127,7 +127,7 @@ class EvidentlyDriftOperator(LineageMixin, BaseOperator):
     def __init__(
         self,
         *,
-        model_name: str = "trip_completion",
+        model_name: str,
         model_version: str | int | None = None,
         deployment_name: str | None = None,
         window_start: str | datetime | None = None,
@@ -184,6 +184,11 @@ class EvidentlyDriftOperator(LineageMixin, BaseOperator):
             if not ok or value > high or value < low or (low_open and value == low):
                 bounds = f"{'(' if low_open else '['}{low}, {high}]"
                 raise MLPlatConfigError(f"{name}={value!r} must be a number in {bounds}")
+
+        if not isinstance(self.model_name, str) or not self.model_name:
+            raise MLPlatConfigError(
+                f"model_name={self.model_name!r}: name the registered MLflow model whose served traffic is checked"
+            )
 
         for name in ("method", "per_column_method", "per_column_threshold"):
             value = getattr(self, name)
@@ -242,7 +247,8 @@ class EvidentlyDriftOperator(LineageMixin, BaseOperator):
 
         from airflow_provider_mlplat.artifacts import read_dataframe
         from airflow_provider_mlplat.hooks.evidently import run_drift
-        from airflow_provider_mlplat.hooks.kserve import KServeHook, deployment_name
+        from airflow_provider_mlplat.hooks.kserve import KServeHook
+        from airflow_provider_mlplat.hooks.kserve_target import deployment_name
         from airflow_provider_mlplat.hooks.mlflow import MLflowHook
         from airflow_provider_mlplat.inference_log import masked, read_inference_log
 

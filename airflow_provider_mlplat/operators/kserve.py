@@ -15,14 +15,17 @@ from airflow.sdk import AssetAlias, BaseOperator
 
 from airflow_provider_mlplat.assets import kserve_asset, mlflow_model_asset
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, RolloutFailed
-from airflow_provider_mlplat.hooks.kserve import (
-    KServeHook,
+from airflow_provider_mlplat.hooks.kserve import KServeHook, make_target
+from airflow_provider_mlplat.hooks.kserve_target import (
+    AliasConfig,
+    Expectation,
     ModelVersionRef,
+    RolloutPlan,
     RolloutTarget,
     deployment_name,
-    make_target,
 )
 from airflow_provider_mlplat.lineage import LineageDataset, LineageMixin
+from airflow_provider_mlplat.rollback import roll_back, tag_version, write_record
 
 #: the alias through which rollouts emit ``kserve://<namespace>/<name>`` (namespace known at run time)
 ROLLOUT_ALIAS = "kserve-rollout"
@@ -178,7 +181,8 @@ def input_example_rows(tracking_uri: str, model_name: str, version: str, limit: 
 class KServeRolloutOperator(LineageMixin, BaseOperator):
     """
     Deploy an MLflow model version to KServe progressively. The connection decides the target: the
-    local model server or InferenceServices on Kubernetes; the steps are the same.
+    local model server or InferenceServices on Kubernetes (Knative or Standard mode); the steps are
+    the same.
 
     1. stage: the new version becomes ready without traffic (deferrable wait,
        :class:`~airflow_provider_mlplat.triggers.kserve.KServeInferenceServiceReadyTrigger`);
@@ -190,14 +194,17 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
     4. promote at 100%: the new version becomes stable; the serving asset
        ``kserve://<namespace>/<name>`` is emitted with version, traffic and revision.
 
-    Any failure rolls traffic back to the stable version, moves the MLflow ``champion`` alias back
-    to ``previous-champion`` (when champion is the failed version), tags the version, writes a
-    decision record to artifact storage and fails with :class:`RolloutFailed`. Without a stable
-    version (first deployment) or with ``strategy="direct"`` there are no canary steps.
+    Any failure rolls back once (:func:`~airflow_provider_mlplat.rollback.roll_back`): traffic goes
+    back to the stable version, ``model_alias`` moves back to ``previous_alias`` (when it names the
+    failed version), the version is tagged, a decision record is written, and the task fails with
+    :class:`RolloutFailed`. So does killing the task, also while it is deferred (the trigger's
+    ``on_kill``). Without a stable version (first deployment) or with ``strategy="direct"`` there
+    are no canary steps.
 
-    :param model_name: registered MLflow model.
+    :param model_name: registered MLflow model (required).
     :param model_version: version number to deploy (default: the one ``model_alias`` points at).
-    :param model_alias: alias resolved when no version is given.
+    :param model_alias: alias resolved when no version is given, and moved back on failure.
+    :param previous_alias: alias of the version ``model_alias`` moves back to on failure.
     :param deployment_name: InferenceService / deployment name (default: the model name with dashes).
     :param namespace: Kubernetes namespace (default: the connection's; ``local`` for the model server).
     :param strategy: ``canary`` (progressive, metric-gated) or ``direct`` (all traffic at once).
@@ -205,7 +212,7 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
     :param analysis: :class:`CanaryAnalysis` settings overriding the defaults.
     :param skip_analysis: shift through the steps without the Prometheus gate (the gate is on by default).
     :param smoke_input: rows for the smoke request (default: the model's input example).
-    :param restore_alias: move ``champion`` back to ``previous-champion`` when the rollout fails.
+    :param restore_alias: move ``model_alias`` back to ``previous_alias`` when the rollout fails.
     :param ready_timeout: seconds each step may take to become ready.
     :param poll_interval: seconds between readiness polls.
     :param predictor: extra InferenceService predictor fields on Kubernetes (``resources``,
@@ -219,6 +226,7 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
         "model_name",
         "model_version",
         "model_alias",
+        "previous_alias",
         "deployment_name",
         "namespace",
         "strategy",
@@ -230,9 +238,10 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
     def __init__(
         self,
         *,
-        model_name: str = "trip_completion",
+        model_name: str,
         model_version: str | int | None = None,
         model_alias: str = "champion",
+        previous_alias: str = "previous-champion",
         deployment_name: str | None = None,
         namespace: str | None = None,
         strategy: str = "canary",
@@ -253,6 +262,7 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
         self.model_name = model_name
         self.model_version = model_version
         self.model_alias = model_alias
+        self.previous_alias = previous_alias
         self.deployment_name = deployment_name
         self.namespace = namespace
         self.strategy = strategy
@@ -268,7 +278,7 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
         self.mlflow_conn_id = mlflow_conn_id
         self.prometheus_conn_id = prometheus_conn_id
         self.outlets = [*self.outlets, AssetAlias(ROLLOUT_ALIAS)]
-        self._plan: dict[str, Any] | None = None
+        self._plan: RolloutPlan | None = None  # set while this process may have to roll back
 
     # -- planning (no writes) ------------------------------------------------------------------------
 
@@ -287,8 +297,16 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
         return steps
 
     def _validate(self) -> tuple[str, list[int], CanaryAnalysis | None]:
+        if not isinstance(self.model_name, str) or not self.model_name:
+            raise MLPlatConfigError(
+                f"model_name={self.model_name!r}: name the registered MLflow model to roll out"
+            )
         if self.strategy not in ("canary", "direct"):
             raise MLPlatConfigError(f"strategy={self.strategy!r}; valid: 'canary', 'direct'")
+        if self.model_alias == self.previous_alias:
+            raise MLPlatConfigError(
+                f"model_alias and previous_alias are both {self.model_alias!r}: a rollback needs two aliases"
+            )
         name = deployment_name(self.model_name, self.deployment_name)
         if not _NAME.match(name):
             raise MLPlatConfigError(
@@ -340,13 +358,13 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
         )
         return model, rows
 
-    # -- execution -----------------------------------------------------------------------------------
+    # -- execution: stage, then the step loop --------------------------------------------------------
 
     def execute(self, context: Any) -> dict[str, Any] | None:
-        """Validate and resolve everything, then stage the new version and defer until it is ready."""
+        """Validate and resolve everything, then stage the new version and run the step loop."""
         name, steps, analysis = self._validate()
         hook = KServeHook(self.kserve_conn_id)
-        target = hook.target(self.namespace, dict(self.predictor or {}))
+        target = hook.target(self.namespace, dict(self.predictor or {}), deployment=name)
         model, rows = self._resolve_model(hook)
         current = target.current(name)
         canary = (
@@ -354,85 +372,109 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
         )
         target.check(name, current, canary)
         ti = context["ti"]
-        plan = {
-            "deployment": name,
-            "target": target.config,
-            "model": asdict(model),
-            "stable": current.stable if current else None,
-            "previous": target.previous_spec(name),
-            "strategy": self.strategy,
-            "steps": steps if canary else [100],
-            "step": None,
-            "smoke_rows": rows,
-            "analysis": asdict(analysis) if analysis else None,
-            "origin": {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id},
-            "started_at": datetime.now(UTC).isoformat(),
-            "history": [],
-        }
+        plan = RolloutPlan(
+            deployment=name,
+            target=target.config,
+            model=model,
+            stable=current.stable if current else None,
+            previous=target.previous_spec(name),
+            strategy=self.strategy,
+            steps=steps if canary else [100],
+            aliases=AliasConfig(
+                self.mlflow_conn_id, self.model_alias, self.previous_alias, self.restore_alias
+            ),
+            origin={
+                "dag_id": ti.dag_id,
+                "run_id": ti.run_id,
+                "task_id": ti.task_id,
+                "map_index": getattr(ti, "map_index", -1),
+            },
+            started_at=datetime.now(UTC).isoformat(),
+            smoke_rows=rows,
+            analysis=asdict(analysis) if analysis else None,
+        )
         if current is not None and current.stable == model.version and current.canary is None:
             self.log.info(
                 "%s already serves %s version %s: nothing to do", name, model.model_name, model.version
             )
             return self._finish(context, plan, target, "unchanged")
-        self._plan = plan
         self.log.info(
-            "rollout of %s v%s to %s/%s: %s",
+            "rollout of %s v%s to %s/%s (%s): %s",
             model.model_name,
             model.version,
             target.namespace,
             name,
-            "steps " + str(plan["steps"]) if canary else "direct",
+            target.kind,
+            "steps " + str(plan.steps) if canary else "direct",
         )
-        with self._rollback_on_error(context, plan):
-            expect = target.stage(name, model, current, plan["origin"], self.strategy == "direct")
-        return self._wait(context, plan, "stage", expect)
+        self._plan = plan
+        with self._rollback_on_error(plan):
+            expect = target.stage(name, model, current, plan.origin, self.strategy == "direct")
+        return self._advance(context, plan, "stage", expect)
 
-    def _wait(
-        self, context: Any, plan: dict[str, Any], phase: str, expect: dict[str, Any], hold: float = 0
+    def execute_complete(self, context: Any, event: dict[str, Any]):
+        """
+        Resume after a deferred wait and go on with the step loop. The rollout state comes back in the
+        event's ``carry``.
+
+        :param context: the task's context.
+        :param event: the trigger's event.
+        """
+        plan = RolloutPlan.from_dict(event["carry"]["plan"])
+        self._plan = plan
+        phase, expect, hold = self._on_event(plan, event)
+        return self._advance(context, plan, phase, expect, hold)
+
+    def _advance(
+        self, context: Any, plan: RolloutPlan, phase: str | None, expect: Expectation | None, hold: float = 0
     ) -> dict[str, Any]:
         """
-        Wait for a step's expected state: go on at once when it is already there and nothing is to
-        be held, else defer to the trigger. (Deferring for a wait that is already over races with
-        Airflow 3.3's scheduler: a trigger that fires before the scheduler drains the deferring
-        process's exit event gets the resumed task failed, apache/airflow#72716.)
+        The step loop: wait for the step (at once when it is ready and nothing is held, else deferred),
+        act on it, start the next; finish once promoted. A failure inside rolls back exactly once.
+        """
+        while phase is not None and expect is not None:
+            with self._rollback_on_error(plan):
+                event = self._wait(plan, phase, expect, hold)
+            phase, expect, hold = self._on_event(plan, event)
+        return self._finish(context, plan, make_target(plan.target), "promoted")
+
+    def _wait(self, plan: RolloutPlan, phase: str, expect: Expectation, hold: float) -> dict[str, Any]:
+        """
+        The event of a step's wait when it is already over and nothing is to be held, else defer to
+        the trigger. (Deferring for a wait that is already over races with Airflow 3.3's scheduler: a
+        trigger that fires before the scheduler drains the deferring process's exit event gets the
+        resumed task failed, apache/airflow#72716.)
         """
         import asyncio
 
         from airflow_provider_mlplat.triggers.kserve import KServeInferenceServiceReadyTrigger
 
+        carry = {"plan": plan.to_dict(), "phase": phase}
         if not hold:
-            state, detail = asyncio.run(make_target(plan["target"]).readiness(plan["deployment"], expect))
+            state, detail = asyncio.run(make_target(plan.target).readiness(plan.deployment, expect))
             if state == "ready":
-                event = {
-                    "status": "ready",
-                    "detail": detail,
-                    "waited": 0,
-                    "carry": {"plan": plan, "phase": phase},
-                }
-                return self.execute_complete(context, event)
+                return {"status": "ready", "detail": detail, "waited": 0, "carry": carry}
         trigger = KServeInferenceServiceReadyTrigger(
-            target=plan["target"],
-            name=plan["deployment"],
-            expect=expect,
+            target=plan.target.to_dict(),
+            name=plan.deployment,
+            expect=expect.to_dict(),
             timeout=self.ready_timeout,
             poll_interval=self.poll_interval,
             hold_seconds=hold,
-            carry={"plan": plan, "phase": phase},
+            carry=carry,
         )
         self.defer(trigger=trigger, method_name="execute_complete")
 
-    def execute_complete(self, context: Any, event: dict[str, Any]):
+    def _on_event(
+        self, plan: RolloutPlan, event: dict[str, Any]
+    ) -> tuple[str | None, Expectation | None, float]:
         """
-        Resume after a step's wait: smoke after staging, analyse after a canary step, finish after
-        promotion; roll back on any failure. The rollout state comes back in the event's ``carry``.
-
-        :param context: the task's context.
-        :param event: the trigger's event.
+        Act on a finished wait: record it, smoke after staging, judge a canary step, then start the
+        next step; returns its (phase, expectation, hold), or Nones once promoted.
         """
-        plan, phase = event["carry"]["plan"], event["carry"]["phase"]
-        self._plan = plan
-        target = make_target(plan["target"])
-        percent = plan["steps"][plan["step"]] if phase == "step" else None
+        phase = event["carry"]["phase"]
+        target = make_target(plan.target)
+        percent = plan.steps[plan.step] if phase == "step" and plan.step is not None else None
         entry = {
             "phase": phase,
             "percent": percent,
@@ -441,36 +483,35 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
             "waited_seconds": event["waited"],
             "at": datetime.now(UTC).isoformat(),
         }
-        plan["history"].append(entry)
-        with self._rollback_on_error(context, plan):
+        plan.history.append(entry)
+        with self._rollback_on_error(plan):
             if event["status"] != "ready":
                 what = f"{percent}% canary step" if percent else phase
-                raise RolloutFailed(f"{what} of {plan['deployment']} {event['status']}: {event['detail']}")
+                raise RolloutFailed(f"{what} of {plan.deployment} {event['status']}: {event['detail']}")
             if phase == "stage":
                 entry["smoke"] = self._smoke(plan, target)
-                return self._next(context, plan, target, 0)
+                return self._next(plan, target, 0)
             if phase == "step":
                 self._analyze(plan, target, entry)
-                return self._next(context, plan, target, plan["step"] + 1)
-        return self._finish(context, plan, target, "promoted")
+                return self._next(plan, target, (plan.step or 0) + 1)
+        return None, None, 0
 
-    def _next(self, context: Any, plan: dict[str, Any], target: RolloutTarget, index: int) -> dict[str, Any]:
-        model = ModelVersionRef(**plan["model"])
-        percent = plan["steps"][index]
+    def _next(self, plan: RolloutPlan, target: RolloutTarget, index: int) -> tuple[str, Expectation, float]:
+        """Start step ``index``: shift to its percentage (held for analysis), or promote at 100%."""
+        model = plan.model
+        percent = plan.steps[index]
         if percent == 100:
             self.log.info("promoting %s v%s", model.model_name, model.version)
-            return self._wait(
-                context, plan, "promote", target.promote(plan["deployment"], model, plan["stable"])
-            )
-        plan["step"] = index
-        expect = target.shift(plan["deployment"], model, plan["stable"], percent)
-        hold = plan["analysis"]["window_seconds"] if plan["analysis"] else 0
+            return "promote", target.promote(plan.deployment, model, plan.stable), 0
+        plan.step = index
+        expect = target.shift(plan.deployment, model, plan.stable, percent)  # type: ignore[arg-type]
+        hold = plan.analysis["window_seconds"] if plan.analysis else 0
         self.log.info("canary at %s%%; holding %.0f s for analysis", percent, hold)
-        return self._wait(context, plan, "step", expect, hold)
+        return "step", expect, hold
 
-    def _smoke(self, plan: dict[str, Any], target: RolloutTarget) -> dict[str, Any]:
-        rows = plan["smoke_rows"]
-        response = target.smoke(plan["deployment"], ModelVersionRef(**plan["model"]), v2_request(rows))
+    def _smoke(self, plan: RolloutPlan, target: RolloutTarget) -> dict[str, Any]:
+        rows = plan.smoke_rows
+        response = target.smoke(plan.deployment, plan.model, v2_request(rows))
         outputs = response.get("outputs") or []
         shape = (outputs[0].get("shape") or [None])[0] if outputs else None
         if shape != len(rows):
@@ -479,16 +520,16 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
             )
         return {"rows": len(rows), "predictions": outputs[0].get("data")}
 
-    def _analyze(self, plan: dict[str, Any], target: RolloutTarget, entry: dict[str, Any]) -> None:
+    def _analyze(self, plan: RolloutPlan, target: RolloutTarget, entry: dict[str, Any]) -> None:
         """Judge the step on Prometheus; the evidence goes into the step's history ``entry``."""
-        if not plan["analysis"]:
+        if not plan.analysis:
             entry["analysis"] = {"verdict": "skipped"}
             return
         from airflow_provider_mlplat.hooks.prometheus import PrometheusHook
 
-        analysis = CanaryAnalysis(**plan["analysis"])
+        analysis = CanaryAnalysis(**plan.analysis)
         window = f"{max(1, math.ceil(analysis.window_seconds))}s"
-        selectors = target.selectors(plan["deployment"], plan["stable"], ModelVersionRef(**plan["model"]))
+        selectors = target.selectors(plan.deployment, plan.stable, plan.model)  # type: ignore[arg-type]
         prometheus = PrometheusHook(self.prometheus_conn_id)
         measured = {
             role: measure(prometheus, target.analysis_queries(selectors[role], window)) for role in selectors
@@ -507,50 +548,32 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
     # -- outcomes ------------------------------------------------------------------------------------
 
     @contextmanager
-    def _rollback_on_error(self, context: Any, plan: dict[str, Any]) -> Iterator[None]:
-        """Roll back on any error; ``TaskDeferred`` (a BaseException) passes through to Airflow."""
+    def _rollback_on_error(self, plan: RolloutPlan) -> Iterator[None]:
+        """Roll back on any error and fail; ``TaskDeferred`` (a BaseException) passes through to Airflow.
+        Never nested: the step loop enters it around one action at a time."""
         try:
             yield
-        except RolloutFailed as err:
-            self._fail(context, plan, str(err))
         except Exception as err:
-            self._fail(context, plan, f"{type(err).__name__}: {err}")
+            reason = str(err) if isinstance(err, RolloutFailed) else f"{type(err).__name__}: {err}"
+            self._plan = None
+            message, _ = roll_back(plan, reason)
+            raise RolloutFailed(message) from err
 
-    def _fail(self, context: Any, plan: dict[str, Any], reason: str) -> None:
-        model = ModelVersionRef(**plan["model"])
-        target = make_target(plan["target"])
-        try:
-            rolled_back = target.rollback(plan["deployment"], model, plan["stable"], plan["previous"])
-        except Exception as err:  # still record and fail; the message says the rollback did not happen
-            rolled_back = f"ROLLBACK FAILED ({type(err).__name__}: {err})"
-        self._plan = None
-        alias = self._restore_alias(model) if self.restore_alias else "not restored (restore_alias=False)"
-        record = {**plan, "outcome": "rolled_back", "reason": reason, "rollback": rolled_back, "alias": alias}
-        uri = self._record(context, record)
-        self._tag(model, {"status": "rolled_back", "reason": reason[:4000], "decision_record": uri})
-        self.log.error("rolled back: %s; %s; champion alias: %s", reason, rolled_back, alias)
-        raise RolloutFailed(
-            f"rollout of {model.model_name} v{model.version} to {plan['deployment']} rolled back: {reason}. "
-            f"{rolled_back}; champion alias: {alias}; decision record: {uri}"
-        )
-
-    def _finish(
-        self, context: Any, plan: dict[str, Any], target: RolloutTarget, outcome: str
-    ) -> dict[str, Any]:
-        self._plan = None
-        model = ModelVersionRef(**plan["model"])
-        facts = target.describe(plan["deployment"])
-        asset = kserve_asset(target.namespace, plan["deployment"])
-        uri = self._record(context, {**plan, "outcome": outcome, **facts})
+    def _finish(self, context: Any, plan: RolloutPlan, target: RolloutTarget, outcome: str) -> dict[str, Any]:
+        self._plan = None  # done: nothing to roll back from here on
+        model = plan.model
+        facts = target.describe(plan.deployment)
+        asset = kserve_asset(target.namespace, plan.deployment)
+        uri = write_record(plan, {"outcome": outcome, **facts})
         summary = {
-            "deployment": plan["deployment"],
+            "deployment": plan.deployment,
             "namespace": target.namespace,
             "asset": asset.uri,
             "model_name": model.model_name,
             "version": model.version,
-            "previous_version": plan["stable"] if plan["stable"] != model.version else None,
+            "previous_version": plan.stable if plan.stable != model.version else None,
             "outcome": outcome,
-            "steps": plan["steps"] if outcome == "promoted" else [],
+            "steps": plan.steps if outcome == "promoted" else [],
             **facts,
             "decision_record": uri,
         }
@@ -564,7 +587,7 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
             outputs=[LineageDataset(asset.uri, version=model.version, facts=served)],
         )
         if outcome == "promoted":
-            self._tag(model, {"status": "serving", "deployment": asset.uri, "decision_record": uri})
+            tag_version(plan, {"status": "serving", "deployment": asset.uri, "decision_record": uri})
             extra = {
                 k: summary[k]
                 for k in ("model_name", "version", "previous_version", "traffic", "revision", "url")
@@ -572,59 +595,12 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
             context["outlet_events"][AssetAlias(ROLLOUT_ALIAS)].add(asset, extra=extra)
         return summary
 
-    def _record(self, context: Any, record: dict[str, Any]) -> str:
-        from airflow_provider_mlplat.artifacts import task_artifact_dir, write_json
-
-        record = {**record, "finished_at": datetime.now(UTC).isoformat()}
-        return write_json(task_artifact_dir(context) / "rollout_decision.json", record)
-
-    def _mlflow(self):
-        from airflow_provider_mlplat.hooks.mlflow import MLflowHook
-
-        return MLflowHook(self.mlflow_conn_id)
-
-    def _tag(self, model: ModelVersionRef, tags: dict[str, str]) -> None:
-        mlflow = self._mlflow()
-        with mlflow.credentials():
-            for key, value in tags.items():
-                mlflow.get_conn().set_model_version_tag(
-                    model.model_name, model.version, f"mlplat.rollout.{key}", value
-                )
-
-    def _restore_alias(self, model: ModelVersionRef) -> str:
-        from mlflow.exceptions import MlflowException
-
-        mlflow = self._mlflow()
-        client = mlflow.get_conn()
-
-        def alias(name: str) -> str | None:
-            try:
-                return client.get_model_version_by_alias(model.model_name, name).version
-            except MlflowException:
-                return None
-
-        with mlflow.credentials():
-            champion = alias("champion")
-            if champion != model.version:
-                return (
-                    f"unchanged (champion is {champion or 'unset'}, not the failed version {model.version})"
-                )
-            previous = alias("previous-champion")
-            if previous is None:
-                return f"left on {model.version}: there is no previous-champion to restore"
-            client.set_registered_model_alias(model.model_name, "champion", previous)
-        return f"moved back from {model.version} to {previous} (previous-champion)"
-
     def on_kill(self) -> None:
-        """Killed in the middle of a rollout: send traffic back to the stable version."""
-        plan = self._plan
-        if plan is None:
-            return
-        model = ModelVersionRef(**plan["model"])
-        done = make_target(plan["target"]).rollback(
-            plan["deployment"], model, plan["stable"], plan["previous"]
-        )
-        self.log.warning("task killed during the rollout: %s", done)
+        """Killed while running (not deferred: the trigger's ``on_kill`` covers that): roll back once."""
+        plan, self._plan = self._plan, None
+        if plan is not None:
+            message, _ = roll_back(plan, "the task was killed during the rollout")
+            self.log.warning(message)
 
 
 class KServeDeleteOperator(BaseOperator):

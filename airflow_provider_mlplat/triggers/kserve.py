@@ -15,11 +15,15 @@ class KServeInferenceServiceReadyTrigger(BaseTrigger):
     Polls a rollout target until the state a step expects is ready, then keeps polling for
     ``hold_seconds`` (the analysis window) and fires once. Fires ``failed`` when the target reports
     a terminal failure or the deployment stops being ready during the hold, and ``timeout`` when it
-    is not ready within ``timeout`` seconds. It changes nothing on the target.
+    is not ready within ``timeout`` seconds. Waiting changes nothing on the target; nor does
+    ``cleanup()`` (it runs on every triggerer restart). Only when a person kills the deferred task
+    (mark failed, clear or mark success in Airflow 3.3 call :meth:`on_kill`) does it roll the
+    rollout in ``carry`` back, as the operator would.
 
-    :param target: rollout target settings (:meth:`KServeHook.target_config`).
+    :param target: rollout target settings (:meth:`KServeHook.target_config`, as a dict).
     :param name: deployment / InferenceService name.
-    :param expect: what the step expects (from the target's ``stage``/``shift``/``promote``).
+    :param expect: what the step expects (an :class:`~airflow_provider_mlplat.hooks.kserve_target.Expectation`
+        as a dict, from the target's ``stage``/``shift``/``promote``).
     :param timeout: seconds to wait for readiness.
     :param poll_interval: seconds between polls.
     :param hold_seconds: seconds the deployment must stay ready after it became ready.
@@ -60,13 +64,14 @@ class KServeInferenceServiceReadyTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll without blocking the event loop; yield one event."""
         from airflow_provider_mlplat.hooks.kserve import make_target
+        from airflow_provider_mlplat.hooks.kserve_target import Expectation
 
-        target = make_target(self.target)
+        target, expect = make_target(self.target), Expectation.from_dict(self.expect)
         started = time.monotonic()
         ready_since: float | None = None
         ready_at = 0.0  # wall clock, for the analysis window's queries
         while True:
-            state, detail = await target.readiness(self.name, self.expect)
+            state, detail = await target.readiness(self.name, expect)
             now = time.monotonic()
             event = {
                 "name": self.name,
@@ -102,3 +107,15 @@ class KServeInferenceServiceReadyTrigger(BaseTrigger):
                 wait = min(self.poll_interval, self.timeout - (now - started))
             self.log.info("%s: %s (%s)", self.name, state, detail)
             await asyncio.sleep(max(wait, 0.05))
+
+    async def on_kill(self) -> None:
+        """The task was killed while waiting here: roll the rollout back (traffic, alias, record) once."""
+        from airflow_provider_mlplat.hooks.kserve_target import RolloutPlan
+        from airflow_provider_mlplat.rollback import roll_back
+
+        if not self.carry.get("plan"):
+            return
+        plan = RolloutPlan.from_dict(self.carry["plan"])
+        reason = f"the task was killed while the rollout waited in phase {self.carry.get('phase')!r}"
+        message, _ = await asyncio.to_thread(roll_back, plan, reason)  # sync clients: off the event loop
+        self.log.warning(message)

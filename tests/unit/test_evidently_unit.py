@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 import pytest
 
 from airflow_provider_mlplat.exceptions import MLPlatConfigError
-from airflow_provider_mlplat.hooks.kserve import deployment_name
+from airflow_provider_mlplat.hooks.kserve_target import deployment_name
 from airflow_provider_mlplat.operators.evidently import DRIFT_EVENTS, EvidentlyDriftOperator, drift_samples
 
 START, END = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
 
 
 def check(**kwargs) -> tuple[datetime, datetime]:
-    operator = EvidentlyDriftOperator(task_id="drift", **kwargs)
+    operator = EvidentlyDriftOperator(task_id="drift", **{"model_name": "m", **kwargs})
     operator._validate()
     return operator._window({"data_interval_start": START, "data_interval_end": END})
 
@@ -29,6 +29,10 @@ def check(**kwargs) -> tuple[datetime, datetime]:
         ({"per_column_threshold": {"conv_rate": math.nan}}, r"per_column_threshold\['conv_rate'\]=nan"),
         ({"min_rows": 0}, r"min_rows=0 must be a whole number >= 1"),
         ({"model_version": "champion"}, r"model_version='champion' must be a version number"),
+        (
+            {"model_name": ""},
+            r"model_name='': name the registered MLflow model whose served traffic is checked",
+        ),
         ({"columns": "conv_rate"}, r"columns='conv_rate' must be a non-empty list of column names"),
         ({"columns": []}, r"columns=\[\] must be a non-empty list"),
         ({"method": 3}, r"method=3 must be a method name"),
@@ -46,11 +50,16 @@ def test_bad_settings_are_named_with_what_is_valid(kwargs, message):
         check(**kwargs)
 
 
+def test_model_name_has_no_demo_default():
+    with pytest.raises(TypeError, match="model_name"):
+        EvidentlyDriftOperator(task_id="drift")
+
+
 def test_window_defaults_to_the_data_interval_and_templated_bounds_override_it():
     assert check() == (START, END)
     # a naive bound is UTC
     assert check(window_start="2026-01-01T06:00:00") == (datetime(2026, 1, 1, 6, tzinfo=UTC), END)
-    operator = EvidentlyDriftOperator(task_id="drift")
+    operator = EvidentlyDriftOperator(task_id="drift", model_name="m")
     with pytest.raises(
         MLPlatConfigError, match="the run has no data interval; pass window_start and window_end"
     ):
@@ -58,7 +67,7 @@ def test_window_defaults_to_the_data_interval_and_templated_bounds_override_it()
 
 
 def test_the_drift_alias_is_an_outlet_and_the_deployment_is_named_like_the_rollout():
-    assert DRIFT_EVENTS in EvidentlyDriftOperator(task_id="drift").outlets
+    assert DRIFT_EVENTS in EvidentlyDriftOperator(task_id="drift", model_name="m").outlets
     assert deployment_name("trip_completion") == "trip-completion"
     assert deployment_name("trip_completion", "tc-canary") == "tc-canary"
 

@@ -1,4 +1,4 @@
-"""The InferenceService rollout target against the Kubernetes emulator and a fake KServe controller."""
+"""The InferenceService rollout targets (Knative and Standard mode) against the Kubernetes emulator and a fake KServe controller."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import time
 import pytest
 
 from airflow_provider_mlplat.exceptions import MLPlatConfigError
-from airflow_provider_mlplat.hooks.kserve import InferenceServiceTarget, ModelVersionRef, isvc_readiness
+from airflow_provider_mlplat.hooks.kserve_isvc import isvc_readiness
+from airflow_provider_mlplat.hooks.kserve_knative import KnativeTarget
+from airflow_provider_mlplat.hooks.kserve_target import Expectation, ModelVersionRef, TargetConfig
 from airflow_provider_mlplat.testing.kubernetes.kserve_controller import FakeKServeController
 from airflow_provider_mlplat.testing.waiting import wait_for
 from airflow_provider_mlplat.triggers.kserve import KServeInferenceServiceReadyTrigger
@@ -27,9 +29,9 @@ def ref(version: str) -> ModelVersionRef:
     )
 
 
-def target(**config) -> InferenceServiceTarget:
-    return InferenceServiceTarget(
-        {"kind": "kubernetes", "namespace": "default", "kubernetes_conn_id": "kubernetes_default", **config}
+def target(**config) -> KnativeTarget:
+    return KnativeTarget(
+        TargetConfig("knative", "default", kubernetes_conn_id="kubernetes_default", **config)
     )
 
 
@@ -37,9 +39,9 @@ def stored(k8s) -> dict:
     return k8s.get_object("serving.kserve.io", "v1beta1", "default", "inferenceservices", NAME)
 
 
-def wait_ready(t: InferenceServiceTarget, expect: dict, timeout: float = 5, hold: float = 0) -> dict:
-    trigger = KServeInferenceServiceReadyTrigger(t.config, NAME, expect, timeout=timeout, poll_interval=0.05,
-                                                 hold_seconds=hold)  # fmt: skip
+def wait_ready(t, expect: Expectation, timeout: float = 5, hold: float = 0) -> dict:
+    trigger = KServeInferenceServiceReadyTrigger(t.config.to_dict(), NAME, expect.to_dict(), timeout=timeout,
+                                                 poll_interval=0.05, hold_seconds=hold)  # fmt: skip
 
     async def first():
         async for event in trigger.run():
@@ -56,8 +58,9 @@ def test_manifest_validates_against_the_official_crd(validate_manifest):
     t = target(logger_url="http://inference-log.mlplat.svc/events", deployment_mode="Serverless",
                predictor={"minReplicas": 1, "maxReplicas": 3,
                           "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}}})  # fmt: skip
+    predictor = t.predictor_spec(ref("3")) | {"canaryTrafficPercent": 10}
     manifest = t.manifest(NAME, ref("3"), {"mlplat.io/dag-id": "deployment pipeline!"},
-                          {"mlplat.io/run-id": ORIGIN["run_id"]}, 10, t.config["predictor"])  # fmt: skip
+                          {"mlplat.io/run-id": ORIGIN["run_id"]}, predictor)  # fmt: skip
     validate_manifest(manifest)
     predictor = manifest["spec"]["predictor"]
     assert predictor["model"] == {
@@ -82,15 +85,15 @@ def test_create_then_canary_steps_then_promote_follow_kserve_status(k8s, validat
     t = target()
     with FakeKServeController(k8s) as controller:
         expect = t.stage(NAME, ref("1"), None, ORIGIN, direct=False)
-        assert expect == {"generation": 1} and k8s.count("POST", "inferenceservices") == 1
+        assert expect == Expectation(generation=1) and k8s.count("POST", "inferenceservices") == 1
         assert wait_ready(t, expect)["status"] == "ready"
-        assert t.stage(NAME, ref("1"), t.current(NAME), ORIGIN, direct=False) == {
-            "generation": 1
-        }  # no-op patch
+        assert t.stage(NAME, ref("1"), t.current(NAME), ORIGIN, direct=False) == Expectation(
+            generation=1
+        )  # no-op
         assert t.current(NAME).stable == "1"
 
         expect = t.stage(NAME, ref("2"), t.current(NAME), ORIGIN, direct=False)
-        assert expect == {"generation": 2} and wait_ready(t, expect)["status"] == "ready"
+        assert expect == Expectation(generation=2) and wait_ready(t, expect)["status"] == "ready"
         assert (t.current(NAME).stable, t.current(NAME).canary) == ("1", "2")
         for percent in (10, 50):
             assert wait_ready(t, t.shift(NAME, ref("2"), "1", percent))["status"] == "ready"
@@ -128,7 +131,7 @@ def test_a_ready_status_of_the_previous_generation_is_not_ready(k8s):
         wait_for(lambda: controller.passes > after, 10, "a reconcile pass of the new generation", 0.05)
         isvc = stored(k8s)
         assert {c["type"]: c["status"] for c in isvc["status"]["conditions"]}["Ready"] == "True"
-        assert isvc_readiness(isvc, expect["generation"]) == (
+        assert isvc_readiness(isvc, expect.generation) == (
             "pending", "generation 2 not observed yet (observedGeneration=1)"
         )  # fmt: skip
         event = wait_ready(t, expect, timeout=0.5)
@@ -161,27 +164,6 @@ def test_failed_model_load_fails_without_waiting_for_the_timeout(k8s):
     assert time.monotonic() - started < 10
 
 
-def test_raw_deployment_mode_refuses_a_canary_but_takes_a_direct_rollout(k8s, validate_manifest):
-    t = target(deployment_mode="RawDeployment")
-    with FakeKServeController(k8s):
-        wait_ready(t, t.stage(NAME, ref("1"), None, ORIGIN, direct=False))
-        current = t.current(NAME)
-        assert current.mode == "RawDeployment"
-        with pytest.raises(MLPlatConfigError, match=r"RawDeployment mode.*Use strategy='direct'"):
-            t.check(NAME, current, canary=True)
-        t.check(NAME, current, canary=False)
-        previous = t.previous_spec(NAME)
-        expect = t.stage(NAME, ref("2"), current, ORIGIN, direct=True)
-        assert "canaryTrafficPercent" not in stored(k8s)["spec"]["predictor"]
-        assert wait_ready(t, expect)["status"] == "ready"
-        done = t.rollback(NAME, ref("2"), "1", previous)  # direct rollback restores the old predictor
-    assert done == f"predictor spec of {NAME} restored to version 1"
-    isvc = stored(k8s)
-    validate_manifest(isvc)
-    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://models/trip_completion/1"
-    assert isvc["metadata"]["labels"]["mlplat.io/model-version"] == "1"
-
-
 def test_rollback_of_a_first_deployment_deletes_it_and_delete_is_idempotent(k8s):
     t = target()
     t.stage(NAME, ref("1"), None, ORIGIN, direct=False)
@@ -194,7 +176,7 @@ def test_rollback_of_a_first_deployment_deletes_it_and_delete_is_idempotent(k8s)
 
 
 def test_mode_detection_and_a_service_the_provider_did_not_create(k8s):
-    from airflow_provider_mlplat.hooks.kserve import deployment_mode
+    from airflow_provider_mlplat.hooks.kserve_isvc import deployment_mode
 
     assert (
         deployment_mode({"metadata": {"annotations": {"serving.kserve.io/deploymentMode": "Standard"}}}, None)

@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from airflow_provider_mlplat.exceptions import MLPlatConfigError
-from airflow_provider_mlplat.hooks.kserve import KServeHook, isvc_readiness
+from airflow_provider_mlplat.hooks.kserve import KServeHook
+from airflow_provider_mlplat.hooks.kserve_isvc import isvc_readiness
+from airflow_provider_mlplat.hooks.kserve_target import TargetConfig
 from airflow_provider_mlplat.operators.kserve import CanaryAnalysis, KServeRolloutOperator, v2_request
 from airflow_provider_mlplat.testing.airflow import set_connection
 from airflow_provider_mlplat.testing.ci import unavailable
@@ -80,18 +82,26 @@ def test_analysis_settings_are_checked(values, message):
         ({"model_version": "latest"}, "model_version='latest' must be a version number"),
         ({"deployment_name": "a" * 46}, "not a valid InferenceService name"),
         ({"smoke_input": [1, 2]}, "smoke_input must be a non-empty list of row objects"),
+        ({"model_name": ""}, "model_name='': name the registered MLflow model to roll out"),
+        ({"previous_alias": "champion"}, "model_alias and previous_alias are both 'champion'"),
     ],
 )
 def test_operator_rejects_bad_input_before_any_io(kwargs, message):
+    kwargs = {"model_name": "trip_completion", **kwargs}
     operator = KServeRolloutOperator(task_id="rollout", kserve_conn_id="no_such_connection", **kwargs)
     with pytest.raises(MLPlatConfigError, match=message):
         operator.execute({})
 
 
 def test_operator_defaults_and_template_fields():
-    operator = KServeRolloutOperator(task_id="rollout")
+    with pytest.raises(TypeError, match="model_name"):  # no demo model as a default
+        KServeRolloutOperator(task_id="rollout")
+    operator = KServeRolloutOperator(task_id="rollout", model_name="trip_completion")
     assert operator._validate() == ("trip-completion", [10, 50, 100], CanaryAnalysis())
-    assert {"model_version", "canary_steps", "analysis", "strategy"} <= set(operator.template_fields)
+    assert (operator.model_alias, operator.previous_alias) == ("champion", "previous-champion")
+    assert {"model_version", "canary_steps", "analysis", "strategy", "previous_alias"} <= set(
+        operator.template_fields
+    )
     assert [getattr(o, "name", None) for o in operator.outlets] == ["kserve-rollout"]
 
 
@@ -159,9 +169,11 @@ def test_isvc_readiness(status, expected):
 
 def test_kserve_connection_decides_the_target():
     set_connection("kserve_local_t", conn_type="kserve", host="http://127.0.0.1:8090")
-    assert KServeHook("kserve_local_t").target_config() == {
-        "kind": "local", "namespace": "local", "url": "http://127.0.0.1:8090"
-    }  # fmt: skip
+    assert KServeHook("kserve_local_t").target_config() == TargetConfig(
+        "local", "local", url="http://127.0.0.1:8090"
+    )
+    set_connection("kserve_local_port", conn_type="kserve", host="127.0.0.1")
+    assert KServeHook("kserve_local_port").server_url == "http://127.0.0.1:8090"  # the model server's port
     set_connection(
         "kserve_k8s_t",
         conn_type="kserve",
@@ -173,19 +185,27 @@ def test_kserve_connection_decides_the_target():
         },
     )
     hook = KServeHook("kserve_k8s_t")
-    assert hook.target_config()["kind"] == "kubernetes" and hook.target("prod").namespace == "prod"
+    assert hook.target_config().kind == "knative" and hook.target("prod").namespace == "prod"
     assert (
         hook.storage_uri("mlflow-artifacts:/1/models/m-1/artifacts")
         == "s3://bucket/mlflow/1/models/m-1/artifacts"
     )
     assert hook.storage_uri("s3://elsewhere/model") == "s3://elsewhere/model"
+    for spelling, kind in [("Knative", "knative"), ("RawDeployment", "standard"), ("Standard", "standard")]:
+        set_connection(
+            "kserve_k8s_m",
+            conn_type="kserve",
+            extra={"kubernetes_conn_id": "k8s", "deployment_mode": spelling},
+        )
+        config = KServeHook("kserve_k8s_m").target_config()
+        assert (config.kind, config.deployment_mode) == (kind, spelling)
     set_connection(
-        "kserve_k8s_bad",
-        conn_type="kserve",
-        extra={"kubernetes_conn_id": "k8s", "deployment_mode": "Knative"},
+        "kserve_k8s_bad", conn_type="kserve", extra={"kubernetes_conn_id": "k8s", "deployment_mode": "Raw"}
     )
     with pytest.raises(
-        MLPlatConfigError, match="deployment_mode='Knative'; valid: Serverless, RawDeployment, Standard"
+        MLPlatConfigError,
+        match="connection 'kserve_k8s_bad' deployment_mode: deployment mode 'Raw' is not one of "
+        "Serverless, Knative, RawDeployment, Standard",
     ):
         KServeHook("kserve_k8s_bad").target_config()
     set_connection("kserve_k8s_noroot", conn_type="kserve", extra={"kubernetes_conn_id": "k8s"})
@@ -193,6 +213,38 @@ def test_kserve_connection_decides_the_target():
         MLPlatConfigError, match="set the 'kserve_k8s_noroot' connection's mlflow_artifacts_uri"
     ):
         KServeHook("kserve_k8s_noroot").storage_uri("mlflow-artifacts:/1/x")
+
+
+def test_plans_round_trip_through_json_and_reject_unknown_fields():
+    from airflow_provider_mlplat.hooks.kserve import make_target
+    from airflow_provider_mlplat.hooks.kserve_target import (
+        AliasConfig,
+        Expectation,
+        ModelVersionRef,
+        RolloutPlan,
+    )
+
+    plan = RolloutPlan(
+        deployment="tc", target=TargetConfig("standard", "ml", kubernetes_conn_id="k8s", predictor={"minReplicas": 1}),
+        model=ModelVersionRef("tc", 3, "s3://m/3"), stable="2", previous={"predictor": {"name": "v2"}},
+        strategy="canary", steps=[10, 100], aliases=AliasConfig("mlflow_default", "prod", "prod-previous"),
+        origin={"dag_id": "d", "run_id": "r", "task_id": "t", "map_index": -1}, started_at="2026-01-01T00:00:00+00:00",
+    )  # fmt: skip
+    assert plan.model.version == "3"  # a registry's int version becomes text: compared as text everywhere
+    rebuilt = RolloutPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert (
+        rebuilt == plan
+        and isinstance(rebuilt.target, TargetConfig)
+        and isinstance(rebuilt.aliases, AliasConfig)
+    )
+    assert Expectation.from_dict(Expectation(generation=4, canary="v3", percent=10).to_dict()).percent == 10
+    with pytest.raises(ValueError, match=r"Expectation: unknown field\(s\) \['gen'\]; valid: \['canary'"):
+        Expectation.from_dict({"gen": 4})
+    assert type(make_target(plan.target.to_dict())).__name__ == "StandardTarget"
+    with pytest.raises(
+        MLPlatConfigError, match=r"rollout target kind 'raw'; valid: \['knative', 'local', 'standard'\]"
+    ):
+        make_target(TargetConfig("raw", "ml"))
 
 
 def test_trigger_serializes_and_times_out_on_an_unreachable_server(tmp_path):

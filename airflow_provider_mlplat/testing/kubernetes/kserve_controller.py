@@ -6,10 +6,14 @@ change of the predictor spec (other than ``canaryTrafficPercent``) creates a Kna
 latest one (tag ``latest``); without it the latest revision takes everything and becomes the rolled-out
 one; ``canaryTrafficPercent: 0`` pins all traffic to the last rolled-out revision. Every status it
 writes carries ``observedGeneration``, ``PredictorReady``/``Ready`` and the model's ``transitionStatus``.
-In RawDeployment/Standard mode there are no revisions and no split.
+In RawDeployment/Standard mode there are no revisions: :func:`standard_status` follows KServe's e2e
+test of Standard-mode canaries (``spec.canary[]``, one ``status.canaryStatuses`` entry per canary,
+the ``CanaryPredictorReady`` condition while there are canaries).
 
 ``behaviour`` (changeable while running): ``ready``; ``never`` (the new generation is observed but never
 becomes ready); ``stale`` (new generations are not observed: the old Ready stays); ``failed-load``.
+In Standard mode ``never`` and ``failed-load`` hit the canaries when there are any (the stable
+predictor keeps serving), else the predictor.
 """
 
 from __future__ import annotations
@@ -21,6 +25,65 @@ from typing import Any
 from airflow_provider_mlplat.testing.kubernetes.emulator import K8sEmulator
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+STANDARD_MODES = ("RawDeployment", "Standard")
+
+
+def _condition(kind: str, ok: bool, now: str, reason: str = "") -> dict[str, Any]:
+    out = {"type": kind, "status": "True" if ok else "False", "lastTransitionTime": now}
+    return out | ({"reason": reason, "message": reason} if reason else {})
+
+
+def _model_status(ok: bool, failed: bool) -> dict[str, Any]:
+    if ok:
+        return {"transitionStatus": "UpToDate", "copies": {"failedCopies": 0, "totalCopies": 1},
+                "states": {"activeModelState": "Loaded", "targetModelState": "Loaded"}}  # fmt: skip
+    out: dict[str, Any] = {
+        "transitionStatus": "BlockedByFailedLoad" if failed else "InProgress",
+        "states": {"activeModelState": "FailedToLoad" if failed else "Loading", "targetModelState": "Loaded"},
+    }
+    return out | (
+        {"lastFailureInfo": {"reason": "ModelLoadFailed", "message": "bad model"}} if failed else {}
+    )
+
+
+def standard_status(spec: dict[str, Any], behaviour: str, url: str, now: str) -> dict[str, Any]:
+    """
+    The status KServe (>= 0.20) writes in Standard mode, without ``observedGeneration``: the stable
+    predictor's conditions and model status, and per ``spec.canary`` entry a ``canaryStatuses`` entry
+    (name from ``predictor.name``, ready, trafficPercent, modelStatus) plus ``CanaryPredictorReady``
+    (reason ``AllCanariesReady``), which goes away with the last canary, as in KServe's e2e test.
+
+    :param spec: the InferenceService's spec.
+    :param behaviour: the controller's behaviour (see the module docstring).
+    :param url: the service URL.
+    :param now: the transition time.
+    """
+    canaries = spec.get("canary") or []
+    failed = behaviour == "failed-load"
+    canary_ok = behaviour == "ready"
+    stable_ok = canary_ok or bool(canaries)  # a failing canary leaves the stable predictor serving
+    reason = "" if stable_ok else "MinimumReplicasUnavailable"
+    status: dict[str, Any] = {
+        "conditions": [
+            _condition("IngressReady", True, now),
+            _condition("PredictorReady", stable_ok, now, reason),
+            _condition("Ready", stable_ok, now, reason),
+        ],
+        "modelStatus": _model_status(stable_ok, failed and not canaries),
+        "components": {"predictor": {"url": url}},
+    }
+    if canaries:
+        status["conditions"].append(
+            _condition(
+                "CanaryPredictorReady", canary_ok, now, "AllCanariesReady" if canary_ok else "CanaryNotReady"
+            )
+        )
+        status["canaryStatuses"] = [
+            {"name": c["predictor"]["name"], "ready": canary_ok, "trafficPercent": c.get("trafficPercent", 0),
+             "modelStatus": _model_status(canary_ok, failed)}
+            for c in canaries
+        ]  # fmt: skip
+    return status
 
 
 class FakeKServeController:
@@ -65,6 +128,11 @@ class FakeKServeController:
             return
         name, now = meta["name"], datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         mode = (meta.get("annotations") or {}).get("serving.kserve.io/deploymentMode", "Serverless")
+        if mode in STANDARD_MODES:
+            new = {"observedGeneration": generation, "deploymentMode": mode, "url": self.url}
+            new |= standard_status(isvc["spec"], self.behaviour, self.url, now)
+            self.k8s.set_status(GROUP, VERSION, meta.get("namespace"), PLURAL, name, new)
+            return
         predictor = dict(isvc["spec"]["predictor"])
         percent = predictor.pop("canaryTrafficPercent", None)
         revisions = self.revisions.setdefault(name, [])
@@ -99,10 +167,7 @@ class FakeKServeController:
                 "states": {"activeModelState": "Loaded", "targetModelState": "Loaded"},
                 "copies": {"failedCopies": 0, "totalCopies": 1},
             }
-            if mode == "Serverless":
-                new["components"] = {"predictor": self._serverless(name, latest, percent)}
-            else:
-                new["components"] = {"predictor": {"url": self.url}}
+            new["components"] = {"predictor": self._serverless(name, latest, percent)}
         self.k8s.set_status(GROUP, VERSION, meta.get("namespace"), PLURAL, name, new)
 
     def _serverless(self, name: str, latest: int, percent: int | None) -> dict[str, Any]:

@@ -201,3 +201,62 @@ async def _first_event(trigger):
     async for event in trigger.run():
         return event
     raise AssertionError("the trigger ended without an event")
+
+
+def in_triggerer(trigger, kill: bool, after: float = 1.0) -> None:
+    """
+    Run a trigger in Airflow's own ``TriggerRunner`` (the triggerer's event loop code), rebuilt from
+    its serialized form as the triggerer does, and cancel it after ``after`` seconds: as a person
+    killing the task does (mark failed / clear: ``cancel_triggers`` with the user-action message,
+    which calls the trigger's ``on_kill``), or as a triggerer shutting down does (a plain cancel).
+    Fails when the trigger fired an event before it was cancelled.
+    """
+    from airflow.jobs.triggerer_job_runner import TriggerRunner
+    from airflow.sdk.serde import deserialize, serialize
+
+    classpath, kwargs = trigger.serialize()
+    module, _, cls = classpath.rpartition(".")
+    rebuilt = getattr(importlib.import_module(module), cls)(**deserialize(serialize(kwargs)))
+
+    async def run() -> None:
+        runner = TriggerRunner()
+        runner.triggers[1] = {"name": "rollout", "events": 0, "is_watcher": False}
+        task = runner.triggers[1]["task"] = asyncio.create_task(runner.run_trigger(1, rebuilt))
+        await asyncio.sleep(after)
+        assert not task.done() and not runner.events, f"the trigger ended early: {list(runner.events)}"
+        if kill:
+            runner.to_cancel.append(1)
+            await runner.cancel_triggers()
+        else:
+            task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(run())
+
+
+def defer_until(operator, phase: str, timeout: float = 240):
+    """
+    Run an operator until it defers in ``phase`` (running the triggers of earlier waits to their
+    event, as :func:`run_operator` does); returns the deferred trigger.
+    """
+    from airflow.sdk.exceptions import TaskDeferred
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+
+    ti = SimpleNamespace(dag_id="kserve_tests", run_id=f"test__{uuid.uuid4().hex[:8]}", task_id=operator.task_id,
+                         map_index=-1)  # fmt: skip
+    context: dict[str, Any] = {"ti": ti, "outlet_events": OutletEventAccessors()}
+    method, kwargs = operator.execute, {}
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            method(context, **kwargs)
+        except TaskDeferred as deferred:
+            if deferred.trigger.carry["phase"] == phase:
+                return deferred.trigger
+            event = asyncio.run(asyncio.wait_for(_first_event(deferred.trigger), deadline - time.monotonic()))
+            method, kwargs = getattr(operator, deferred.method_name), {"event": event.payload}
+        else:
+            raise AssertionError(f"{operator.task_id} finished without deferring in phase {phase!r}")

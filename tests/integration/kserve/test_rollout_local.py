@@ -8,7 +8,14 @@ import pytest
 from airflow_provider_mlplat.artifacts import read_json
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, RolloutFailed
 from airflow_provider_mlplat.operators.kserve import KServeDeleteOperator, KServeRolloutOperator
-from tests.integration.kserve.conftest import Traffic, deploy_stable, mlflow_client, run_operator
+from tests.integration.kserve.conftest import (
+    Traffic,
+    defer_until,
+    deploy_stable,
+    in_triggerer,
+    mlflow_client,
+    run_operator,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -50,9 +57,9 @@ def test_broken_version_fails_the_smoke_request_before_any_traffic_and_is_rolled
     assert "this model version is broken" in tags["mlplat.rollout.reason"]
     record = read_json(tags["mlplat.rollout.decision_record"])
     assert record["outcome"] == "rolled_back" and record["stable"] == good
-    assert record["alias"] == f"moved back from {broken} to {good} (previous-champion)"
+    assert record["alias"] == f"champion moved back from {broken} to {good} (previous-champion)"
     assert [h["phase"] for h in record["history"]] == ["stage"]
-    assert "champion alias: moved back" in str(failed.value)
+    assert "alias: champion moved back" in str(failed.value) and str(failed.value).count("rolled back") == 1
 
 
 def test_error_rate_gate_rolls_a_flaky_canary_back_at_the_first_step(serving, register, mlflow_server):
@@ -93,33 +100,39 @@ def test_error_rate_gate_rolls_a_flaky_canary_back_at_the_first_step(serving, re
     )
 
 
-def test_on_kill_during_a_canary_sends_traffic_back_to_stable(serving, register):
-    from airflow.sdk.exceptions import TaskDeferred
-
+def test_killing_the_deferred_rollout_in_the_triggerer_rolls_back_traffic_and_alias_once(
+    serving, register, mlflow_server
+):
     model, (good, new) = register("good", "good")
     name = deploy_stable(serving, model, good)
+    client = mlflow_client(mlflow_server)
+    champion(client, model, new, previous=good)
     operator = KServeRolloutOperator(
-        task_id="rollout",
-        model_name=model,
-        model_version=new,
-        analysis={"window_seconds": 60},
-        poll_interval=0.2,
+        task_id="rollout", model_name=model, analysis={"window_seconds": 60}, poll_interval=0.2
     )
-    context = {"ti": type("TI", (), {"dag_id": "d", "run_id": "r", "task_id": "rollout", "map_index": -1})()}
-    with pytest.raises(TaskDeferred) as deferred:
-        operator.execute(context)
-    if deferred.value.trigger.carry["phase"] == "stage":  # still loading: resume as the trigger would
-        event = {"status": "ready", "detail": "", "waited": 0.1, "carry": deferred.value.trigger.carry}
-        with pytest.raises(TaskDeferred) as deferred:
-            operator.execute_complete(context, event=event)
-    assert deferred.value.trigger.carry["phase"] == "step"  # smoke passed, 10%, holding for analysis
+    trigger = defer_until(operator, "step")  # smoke passed, 10%, holding for the analysis
     assert (deployment(serving, name)["canary"], deployment(serving, name)["canary_percent"]) == (new, 10)
 
-    operator.on_kill()
+    in_triggerer(trigger, kill=False)  # a triggerer restart cancels the trigger: nothing is undone
+    assert (deployment(serving, name)["canary"], deployment(serving, name)["canary_percent"]) == (new, 10)
+    assert client.get_model_version_by_alias(model, "champion").version == new
+
+    in_triggerer(trigger, kill=True)  # the task is marked failed while deferred: Airflow calls on_kill
 
     state = deployment(serving, name)
     assert (state["stable"], state["canary"], state["canary_percent"]) == (good, None, 0)
+    assert state["revision"] == 3  # split, then back once
     assert not loaded(serving, f"{model}@{new}")
+    assert client.get_model_version_by_alias(model, "champion").version == good
+    tags = client.get_model_version(model, new).tags
+    assert tags["mlplat.rollout.status"] == "rolled_back"
+    record = read_json(tags["mlplat.rollout.decision_record"])
+    assert (
+        record["outcome"] == "rolled_back"
+        and "killed while the rollout waited in phase 'step'" in record["reason"]
+    )
+    assert record["alias"] == f"champion moved back from {new} to {good} (previous-champion)"
+    assert [h["phase"] for h in record["history"]] == ["stage"]
 
 
 def test_bad_input_fails_before_anything_changes(serving, register, mlflow_server):
