@@ -489,8 +489,14 @@ class InferenceServiceTarget(RolloutTarget):
         if resources:
             model_spec["resources"] = resources
         spec: dict[str, Any] = {**predictor, "model": model_spec}
+        # the request-log sink reads the served version from these annotations in each logged event
+        logged = {"mlplat.io/model-name": model.model_name, "mlplat.io/model-version": model.version}
         if self.config.get("logger_url"):
-            spec["logger"] = {"mode": "all", "url": self.config["logger_url"]}
+            spec["logger"] = {
+                "mode": "all",
+                "url": self.config["logger_url"],
+                "metadataAnnotations": [*logged],
+            }
         if canary_percent is not None:
             spec["canaryTrafficPercent"] = canary_percent
         all_labels = {
@@ -498,7 +504,7 @@ class InferenceServiceTarget(RolloutTarget):
             "mlplat.io/model-version": model.version,
             **labels,
         }
-        all_annotations = {TAG_ROUTING_ANNOTATION: "true", **annotations}
+        all_annotations = {TAG_ROUTING_ANNOTATION: "true", **logged, **annotations}
         if self.config.get("deployment_mode"):
             all_annotations.setdefault(MODE_ANNOTATION, self.config["deployment_mode"])
         return {
