@@ -16,7 +16,7 @@ from typing import Any
 import cloudevents.exceptions
 import orjson
 from cloudevents.http import CloudEvent, from_http
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, Response
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 from kserve.protocol.rest.v2_datamodels import InferenceRequest, InferenceResponse
@@ -317,7 +317,7 @@ def request_log_api(sink: RequestLogSink | None) -> APIRouter:
     router = APIRouter(prefix="/mlplat/v1", tags=["mlplat"])
 
     @router.post("/request-log")
-    async def request_log(request: Request) -> dict[str, Any]:
+    async def request_log(request: Request) -> Response:
         if sink is None:
             raise HTTPException(
                 503,
@@ -330,6 +330,7 @@ def request_log_api(sink: RequestLogSink | None) -> APIRouter:
             EVENTS.labels("malformed").inc()
             log.warning("request log: event %s rejected: %s", request.headers.get("ce-id", "?"), err)
             raise HTTPException(400, str(err)) from None
-        return {"outcome": outcome, "rows": rows}
+        # a ready response: FastAPI's validation of a returned dict would cost more than decoding the event
+        return Response(orjson.dumps({"outcome": outcome, "rows": rows}), media_type="application/json")
 
     return router
