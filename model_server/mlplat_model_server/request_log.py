@@ -214,7 +214,10 @@ class RequestLogSink:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not pair_timeout > 0:
-            raise ValueError(f"pair_timeout={pair_timeout!r} must be a positive number of seconds")
+            raise ValueError(
+                f"request-log pair timeout {pair_timeout!r} (MLPLAT_SERVING_REQUEST_LOG_PAIR_SECONDS) must be a "
+                "positive number of seconds, e.g. 60"
+            )
         self.writer, self.pair_timeout, self.clock = writer, pair_timeout, clock
         self._pending: OrderedDict[str, tuple[float, Half]] = OrderedDict()
         self._lock = threading.Lock()

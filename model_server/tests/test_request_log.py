@@ -185,3 +185,13 @@ def test_without_an_inference_log_the_sink_answers_503():
     app.include_router(request_log_api(None))
     answer = TestClient(app).post("/mlplat/v1/request-log", content=b"{}")
     assert answer.status_code == 503 and "MLPLAT_SERVING_INFERENCE_LOG" in answer.json()["detail"]
+
+
+def test_a_pair_timeout_that_is_not_positive_is_refused(tmp_path):
+    from mlplat_model_server.inference_log import InferenceLogWriter
+    from mlplat_model_server.request_log import RequestLogSink
+
+    with pytest.raises(
+        ValueError, match=r"pair timeout 0.0 \(MLPLAT_SERVING_REQUEST_LOG_PAIR_SECONDS\) must be"
+    ):
+        RequestLogSink(InferenceLogWriter(tmp_path), pair_timeout=0.0)
