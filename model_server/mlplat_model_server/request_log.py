@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 import cloudevents.exceptions
 import orjson
@@ -76,8 +77,6 @@ class Half:
 
 def _extension_json(event: CloudEvent, name: str) -> Any:
     """An extension holding JSON, as KServe's Go SDK sends it (raw) or percent-encoded (HTTP binding 1.0.2)."""
-    from urllib.parse import unquote
-
     raw = event.get(name)
     if raw is None:
         return None
@@ -219,7 +218,8 @@ class RequestLogSink:
                 "positive number of seconds, e.g. 60"
             )
         self.writer, self.pair_timeout, self.clock = writer, pair_timeout, clock
-        self._pending: OrderedDict[str, tuple[float, Half]] = OrderedDict()
+        # (deployment, ce-id) -> (deadline, half): a client may set the id, so it is unique per deployment only
+        self._pending: OrderedDict[tuple[str, str], tuple[float, Half]] = OrderedDict()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="request-log-expiry", daemon=True)
@@ -240,16 +240,17 @@ class RequestLogSink:
         :param half: a decoded event.
         """
         with self._lock:
-            waiting = self._pending.get(half.id)
+            key = (half.deployment, half.id)
+            waiting = self._pending.get(key)
             if waiting is None:
-                self._pending[half.id] = (self.clock() + self.pair_timeout, half)
+                self._pending[key] = (self.clock() + self.pair_timeout, half)
                 PENDING.set(len(self._pending))
                 return "pending", 0
             if waiting[1].is_request == half.is_request:
                 EVENTS.labels("duplicate").inc()
                 log.warning("request log: duplicate %s event %s ignored", _kind(half), half.id)
                 return "duplicate", 0
-            del self._pending[half.id]
+            del self._pending[key]
             PENDING.set(len(self._pending))
         request, response = (half, waiting[1]) if half.is_request else (waiting[1], half)
         if len(request.values) != len(response.values):

@@ -195,3 +195,18 @@ def test_a_pair_timeout_that_is_not_positive_is_refused(tmp_path):
         ValueError, match=r"pair timeout 0.0 \(MLPLAT_SERVING_REQUEST_LOG_PAIR_SECONDS\) must be"
     ):
         RequestLogSink(InferenceLogWriter(tmp_path), pair_timeout=0.0)
+
+
+def test_the_same_id_on_two_deployments_is_two_pairs(sink_app):
+    client, sink, _, _ = sink_app
+    for deployment in ("trip-isvc", "other-isvc"):
+        answer = post(
+            client,
+            to_binary(event("request", "same", {"instances": [{"x": 1}]}, inferenceservicename=deployment)),
+        )
+        assert answer.json()["outcome"] == "pending"
+    answer = post(
+        client, to_binary(event("response", "same", {"predictions": [1]}, inferenceservicename="other-isvc"))
+    )
+    assert answer.json() == {"outcome": "paired", "rows": 1}
+    assert [half.deployment for _, half in sink._pending.values()] == ["trip-isvc"]
