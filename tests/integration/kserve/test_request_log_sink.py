@@ -64,7 +64,7 @@ def test_kserve_logger_events_become_the_log_the_drift_operator_reads(
             pair = pair[:1]
         events.extend(reversed(pair) if i % 3 == 0 else pair)  # a third of the responses come first
 
-    monkeypatch.setenv("MLPLAT_SERVING_REQUEST_LOG_PAIR_SECONDS", "2")
+    monkeypatch.setenv("MLPLAT_SERVING_REQUEST_LOG_PAIR_SECONDS", "3")  # halves of a pair come ms apart
     mlflow_port = int(mlflow_server.rsplit(":", 1)[1])
     with running_platform(tmp_path / "platform", ("model-server",), mlflow_port=mlflow_port) as platform:
         url = f"http://127.0.0.1:{platform.settings.model_server_port}"
