@@ -80,6 +80,8 @@ def _extension_json(event: CloudEvent, name: str) -> Any:
     raw = event.get(name)
     if raw is None:
         return None
+    if not isinstance(raw, str):
+        raise MalformedEvent(f"extension {name!r} must be a string holding JSON, not {raw!r:.200}")
     for text in (raw, unquote(raw)):
         try:
             return orjson.loads(text)
@@ -117,7 +119,9 @@ def request_rows(payload: Any) -> list[dict[str, Any]]:
             return to_frame(request, None).to_dict("records")
         except ValidationError as err:
             raise MalformedEvent(f"not a V2 inference request: {_errors(err)}") from None
-        except ValueError as err:  # columns of different lengths
+        except InvalidInput as err:  # e.g. FP16 data in JSON
+            raise MalformedEvent(f"V2 inputs cannot be decoded: {err.reason}") from None
+        except ValueError as err:
             raise MalformedEvent(f"V2 inputs do not make a table: {err}") from None
     rows = records(payload)
     if rows is not None:

@@ -25,7 +25,9 @@ def event(kind: str, id_: str, data, annotations=ANNOTATIONS, **attrs):
             "component": "predictor",
             "endpoint": "default",
             "metadata": "{}",
-            "annotations": orjson.dumps(annotations).decode(),
+            "annotations": orjson.dumps(annotations).decode()
+            if isinstance(annotations, dict)
+            else annotations,
             "datacontenttype": "application/json",
             **attrs,
         },
@@ -147,6 +149,10 @@ BAD = [
     (*to_binary(event("request", "p", {"instances": [[1, 2]]})), "not a V1 request with named features"),
     (*to_binary(event("request", "s", {"inputs": [{"name": "x", "shape": [1], "data": [1]}]})),
      "not a V2 inference request: inputs.0.datatype: Field required"),
+    (*to_binary(event("request", "h", {"inputs": [{"name": "x", "shape": [1], "datatype": "FP16", "data": [1]}]})),
+     "V2 inputs cannot be decoded: Sending FP16 data via JSON is not supported"),
+    (*to_structured(event("request", "x", {"instances": [{"x": 1}]}, annotations=7)),
+     "extension 'annotations' must be a string holding JSON"),
     (*to_binary(event("response", "r", {"answer": 1})), "'predictions' (V1) or 'outputs' (V2)"),
     (*to_binary(event("response", "o", {"id": "o", "model_name": "m", "outputs": [
         {"name": "p", "shape": [3], "datatype": "INT64", "data": [1]}]})), "V2 outputs cannot be decoded"),
