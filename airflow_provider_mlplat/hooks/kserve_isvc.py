@@ -18,6 +18,8 @@ from airflow_provider_mlplat.kubernetes_api import kubernetes_call
 INFERENCE_SERVICE = {"group": "serving.kserve.io", "version": "v1beta1", "plural": "inferenceservices"}
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
+#: annotations KServe's request logger copies into each event (``metadataAnnotations``)
+LOGGED_ANNOTATIONS = ["mlplat.io/model-name", "mlplat.io/model-version"]
 #: annotation carrying the version that serves as stable while a canary runs
 STABLE_ANNOTATION = "mlplat.io/stable-model-version"
 ROLLED_BACK_ANNOTATION = "mlplat.io/rolled-back-version"
@@ -202,8 +204,12 @@ class InferenceServiceTarget(RolloutTarget):
         if resources:
             model_spec["resources"] = resources
         spec: dict[str, Any] = {**predictor, "model": model_spec}
-        if self.config.logger_url:
-            spec["logger"] = {"mode": "all", "url": self.config.logger_url}
+        if self.config.logger_url:  # the sink reads the served version from LOGGED_ANNOTATIONS in each event
+            spec["logger"] = {
+                "mode": "all",
+                "url": self.config.logger_url,
+                "metadataAnnotations": LOGGED_ANNOTATIONS,
+            }
         return spec
 
     def manifest(
@@ -224,7 +230,8 @@ class InferenceServiceTarget(RolloutTarget):
         :param predictor: the ``spec.predictor``.
         """
         all_labels = {"mlplat.io/model-name": model.model_name, VERSION_LABEL: model.version, **labels}
-        all_annotations = {TAG_ROUTING_ANNOTATION: "true", **annotations}
+        logged = dict(zip(LOGGED_ANNOTATIONS, (model.model_name, model.version), strict=True))
+        all_annotations = {TAG_ROUTING_ANNOTATION: "true", **logged, **annotations}
         if self.config.deployment_mode:
             all_annotations.setdefault(MODE_ANNOTATION, self.config.deployment_mode)
         return {

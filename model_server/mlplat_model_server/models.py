@@ -93,6 +93,40 @@ def records(payload: Any) -> list[dict[str, Any]] | None:
     return None
 
 
+def log_records(
+    timestamp: datetime,
+    deployment: str,
+    model_name: str,
+    model_version: str,
+    request_id: str,
+    status_code: int,
+    rows: list[dict[str, Any]],
+    predictions: list[Any] | None,
+) -> list[dict[str, Any]]:
+    """
+    The inference log records of one request: one per row, with the keys of ``RECORD_FIELDS`` and ``features``.
+
+    :param timestamp: when the request was served (timezone-aware).
+    :param deployment: deployment (InferenceService) name.
+    :param model_name: registered model name.
+    :param model_version: model version that answered.
+    :param request_id: the request's id.
+    :param status_code: HTTP status of the answer.
+    :param rows: the request's rows (feature name -> value).
+    :param predictions: one prediction per row (None: no answer).
+    """
+    base = {
+        "timestamp": timestamp.astimezone(UTC).isoformat(),
+        "deployment": deployment,
+        "model_name": model_name,
+        "model_version": model_version,
+        "request_id": request_id,
+        "status_code": status_code,
+    }
+    predictions = predictions if predictions is not None else [None] * len(rows)
+    return [{**base, "prediction": p, "features": f} for f, p in zip(rows, predictions, strict=False)]
+
+
 def to_frame(payload: Any, columns: list[str] | None) -> pd.DataFrame:
     """
     The rows of a V1 (``instances`` / ``dataframe_records`` / ``dataframe_split``) or V2 request.
@@ -372,17 +406,17 @@ class DeploymentRouter(Model):
                 self._log(model, status, rows or records(body) or [{}], predictions, headers)
 
     def _log(self, model, status, rows, predictions, headers) -> None:
-        predictions = predictions if predictions is not None else [None] * len(rows)
-        base = {
-            "timestamp": datetime.now(UTC).isoformat(),
-            "deployment": self.name,
-            "model_name": model.model_name,
-            "model_version": model.version,
-            "request_id": (headers or {}).get("x-request-id") or uuid.uuid4().hex,
-            "status_code": int(status),
-        }
         self.inference_log.append(  # type: ignore[union-attr]
-            [{**base, "prediction": p, "features": f} for f, p in zip(rows, predictions, strict=False)]
+            log_records(
+                datetime.now(UTC),
+                self.name,
+                model.model_name,
+                model.version,
+                (headers or {}).get("x-request-id") or uuid.uuid4().hex,
+                int(status),
+                rows,
+                predictions,
+            )
         )
 
 

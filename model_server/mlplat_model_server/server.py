@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from mlplat_model_server.inference_log import InferenceLogWriter, inference_log_writer
 from mlplat_model_server.models import MLflowModelRepository
+from mlplat_model_server.request_log import RequestLogSink, request_log_api
 
 # a child of KServe's logger, which the server configures
 log = logging.getLogger("kserve.mlplat")
@@ -35,6 +36,7 @@ class ServingConfig:
     :param state_file: JSON file keeping the deployments across restarts (empty: not kept).
     :param inference_log: inference log folder or PostgreSQL URL (empty: requests are not logged).
     :param log_flush_seconds: how often the inference log is written.
+    :param request_log_pair_seconds: how long the request-log sink keeps half of a pair waiting for the other.
     :param grace_seconds: how long in-flight requests may finish on SIGTERM.
     :param access_log: log a line per request (KServe's timing trace and uvicorn's access log).
     :param fast_path: let sklearn models predict from arrays when that gives pyfunc's predictions.
@@ -45,6 +47,7 @@ class ServingConfig:
     state_file: str = ""
     inference_log: str = ""
     log_flush_seconds: float = 0.5
+    request_log_pair_seconds: float = 60.0
     grace_seconds: int = 10
     access_log: bool = False
     fast_path: bool = True
@@ -128,9 +131,12 @@ def _drain_on_signal(server: Any) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def build(config: ServingConfig) -> tuple[Any, MLflowModelRepository, InferenceLogWriter | None]:
+def build(
+    config: ServingConfig,
+) -> tuple[Any, MLflowModelRepository, InferenceLogWriter | None, RequestLogSink | None]:
     """
-    The REST server (not started), its repository (deployments restored) and the inference log.
+    The REST server (not started), its repository (deployments restored), the inference log and the
+    KServe request-log sink writing to it.
 
     :param config: server settings.
     """
@@ -141,6 +147,7 @@ def build(config: ServingConfig) -> tuple[Any, MLflowModelRepository, InferenceL
     writer = (
         inference_log_writer(config.inference_log, config.log_flush_seconds) if config.inference_log else None
     )
+    sink = RequestLogSink(writer, config.request_log_pair_seconds) if writer is not None else None
     state_file = Path(config.state_file) if config.state_file else None
     repository = MLflowModelRepository(state_file, writer, config.fast_path)
     model_server = ModelServer(
@@ -164,10 +171,11 @@ def build(config: ServingConfig) -> tuple[Any, MLflowModelRepository, InferenceL
     # KServe's endpoints answer with ORJSONResponse, which FastAPI warns about on every request
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
     app.include_router(deployments_api(repository))
+    app.include_router(request_log_api(sink))
     # RESTServer keeps its uvicorn server private; only its signal capture is replaced
     rest._server.capture_signals = lambda: _drain_on_signal(rest._server)
     repository.restore()
-    return rest, repository, writer
+    return rest, repository, writer, sink
 
 
 async def serve(config: ServingConfig) -> None:
@@ -176,12 +184,16 @@ async def serve(config: ServingConfig) -> None:
 
     :param config: server settings.
     """
-    rest, _, writer = build(config)
+    rest, _, writer, sink = build(config)
     if writer is not None:
         writer.start()
+    if sink is not None:
+        sink.start()
     try:
         await rest.start()
     finally:
+        if sink is not None:
+            sink.close()
         if writer is not None:
             writer.close()
             log.info("inference log flushed: %d records written", writer.written)

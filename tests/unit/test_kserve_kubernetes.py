@@ -72,11 +72,20 @@ def test_manifest_validates_against_the_official_crd(validate_manifest):
         3,
         10,
     )
-    assert predictor["logger"] == {"mode": "all", "url": "http://inference-log.mlplat.svc/events"}
+    assert predictor["logger"] == {
+        "mode": "all", "url": "http://inference-log.mlplat.svc/events",
+        "metadataAnnotations": ["mlplat.io/model-name", "mlplat.io/model-version"],
+    }  # fmt: skip
     assert manifest["metadata"]["labels"] == {
         "mlplat.io/model-name": "trip_completion", "mlplat.io/model-version": "3",
         "mlplat.io/dag-id": "deployment-pipeline",
     }  # fmt: skip
+    annotations = manifest["metadata"]["annotations"]
+    # exact values (labels are made label-safe): what the request-log sink writes as model name and version
+    assert (annotations["mlplat.io/model-name"], annotations["mlplat.io/model-version"]) == (
+        "trip_completion",
+        "3",
+    )
     assert manifest["metadata"]["annotations"]["mlplat.io/run-id"] == ORIGIN["run_id"]
     assert manifest["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
 
