@@ -64,7 +64,8 @@ class Revision:
     service: str
     name: str
     url: str = ""
-    requests: Counter[int] = field(default_factory=Counter)  # by response code
+    # by response code; 200 from 0 so that increase() counts the first requests too
+    requests: Counter[int] = field(default_factory=lambda: Counter({200: 0}))
     buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))  # +Inf last
     latency_sum_ms: float = 0.0
 
@@ -85,14 +86,15 @@ class Revision:
         def labels(**extra: Any) -> str:
             return "{" + ",".join(f'{k}="{v}"' for k, v in (base | extra).items()) + "}"
 
+        requests, buckets = dict(self.requests), list(self.buckets)  # snapshots: the loop thread counts on
         lines = ["# TYPE revision_app_request_count counter"]
-        for code, n in sorted(self.requests.items()):
+        for code, n in sorted(requests.items()):
             lines.append(
                 f"revision_app_request_count{labels(response_code=code, response_code_class=f'{code // 100}xx')} {n}"
             )
         lines.append("# TYPE revision_app_request_latencies histogram")
         cumulative = 0
-        for bound, n in zip((*LATENCY_BUCKETS_MS, "+Inf"), self.buckets, strict=True):
+        for bound, n in zip((*LATENCY_BUCKETS_MS, "+Inf"), buckets, strict=True):
             cumulative += n
             lines.append(f"revision_app_request_latencies_bucket{labels(le=bound)} {cumulative}")
         lines.append(f"revision_app_request_latencies_sum{labels()} {self.latency_sum_ms}")

@@ -26,30 +26,34 @@ FEATURES = ("conv_rate", "acc_rate", "avg_daily_trips", "trip_distance_km")
 
 @dataclass(frozen=True)
 class Serving:
-    """The running model server and Prometheus."""
+    """The running model server, Prometheus and the Pushgateway."""
 
     platform: Any
     url: str
     prometheus_url: str
+    pushgateway_url: str
     inference_log: Path
     state_file: Path
 
 
 @pytest.fixture(scope="session")
 def serving(mlflow_server, tmp_path_factory):
-    """The platform's KServe model server (MLflow = the session's server) and Prometheus scraping it;
-    sets the ``kserve_default`` and ``prometheus_default`` connections."""
-    if not shutil.which("prometheus") and not Path("/usr/bin/prometheus").exists():
-        unavailable("Prometheus is not installed (Debian: apt-get install prometheus)")
+    """The platform's KServe model server (MLflow = the session's server), Prometheus scraping it and
+    a Pushgateway; sets the ``kserve_default`` and ``prometheus_default`` connections."""
+    for binary in ("prometheus", "prometheus-pushgateway"):
+        if not shutil.which(binary) and not Path("/usr/bin", binary).exists():
+            unavailable(f"{binary} is not installed (Debian: apt-get install {binary})")
     home = tmp_path_factory.mktemp("mlplat-serving")
     mlflow_port = int(mlflow_server.rsplit(":", 1)[1])  # the session's MLflow, not a second one
-    with running_platform(home, ("model-server", "prometheus"), mlflow_port=mlflow_port) as platform:
+    services = ("model-server", "prometheus", "pushgateway")
+    with running_platform(home, services, mlflow_port=mlflow_port) as platform:
         for conn_id, fields in platform.connections().items():
             set_connection(conn_id, **fields)
         yield Serving(
             platform=platform,
             url=f"http://127.0.0.1:{platform.settings.model_server_port}",
             prometheus_url=f"http://127.0.0.1:{platform.settings.prometheus_port}",
+            pushgateway_url=f"http://127.0.0.1:{platform.settings.pushgateway_port}",
             inference_log=platform.home / "inference-log",
             state_file=platform.home / "serving" / "deployments.json",
         )
