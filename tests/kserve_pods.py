@@ -64,8 +64,9 @@ class Revision:
     service: str
     name: str
     url: str = ""
-    # by response code; 200 from 0 so that increase() counts the first requests too
-    requests: Counter[int] = field(default_factory=lambda: Counter({200: 0}))
+    # by response code; 200 and 500 from 0, so increase() counts the first of them too (Knative's series
+    # appear with their first request, and a window's increase() then misses that one)
+    requests: Counter[int] = field(default_factory=lambda: Counter({200: 0, 500: 0}))
     buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))  # +Inf last
     latency_sum_ms: float = 0.0
 
@@ -125,7 +126,7 @@ class KnativePods:
         self._sent: Counter[tuple[str, str]] = Counter()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="knative-pods", daemon=True)
-        self._runners: list[aiohttp.web.AppRunner] = []
+        self._runners: list[aiohttp.web.ServerRunner] = []
         self._session: aiohttp.ClientSession | None = None
         self._stop = threading.Event()
         self._pusher = threading.Thread(target=self._push_loop, name="queue-proxy-push", daemon=True)
@@ -231,7 +232,7 @@ class KnativePods:
     async def _serve(self, handler: Any) -> str:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
-        runner = aiohttp.web.AppRunner(aiohttp.web.Server(handler), access_log=None)
+        runner = aiohttp.web.ServerRunner(aiohttp.web.Server(handler, access_log=None))
         await runner.setup()
         site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
