@@ -19,8 +19,9 @@ from tests.waiting import wait_for
 pytestmark = pytest.mark.integration
 # Windows and floors for a loaded 2-core machine: Prometheus scrapes the Pushgateway every second,
 # the queue-proxies push every 0.5 s, so a 6 s window holds ~6 samples; a good canary at 10% of
-# ~20-50 requests/s serves well over 3 requests in it; latencies below 100 ms count as equal.
-ANALYSIS = {"window_seconds": 6, "min_requests": 3, "p99_floor_seconds": 0.1}
+# ~20-50 requests/s serves well over 3 requests in it; p99 latencies (~50 ms through the proxies here)
+# below 250 ms count as equal.
+ANALYSIS = {"window_seconds": 6, "min_requests": 3, "p99_floor_seconds": 0.25}
 BUCKET = "s3://mlplat/artifacts"  # the MLflow server's artifact destination, as the cluster sees it
 
 
@@ -62,7 +63,9 @@ def steps(result_or_record: dict) -> list[dict]:
 def test_same_operator_on_kubernetes_creates_canaries_promotes_and_rolls_back(
     k8s, knative, serving, register, mlflow_server, validate_manifest
 ):
-    model, (v1, v2, v3) = register("good", "good", "broken")
+    # distinct artifacts per version (the same storageUri twice would be one Knative revision);
+    # "flaky" fails on long trips only, which this traffic never sends
+    model, (v1, v2, v3) = register("good", "flaky", "broken")
     client = mlflow_client(mlflow_server)
     name = model.replace("_", "-")
     revision = [f"{name}-predictor-{i:05d}" for i in (1, 2, 3)]
