@@ -357,6 +357,12 @@ class K8sEmulator(kmock.KubernetesScaffold):
                 raise KeyError(f"{plural}.{group} {namespace}/{name} does not exist")
             return copy.deepcopy(self._update(res, self._info(res), old, {"status": status}, "status"))
 
+    def check(self) -> None:
+        """Fail when the emulator itself failed: clients would take its 500s for transient outages."""
+        with self._mutex:
+            errors = list(self.server_errors)
+        assert not errors, f"the Kubernetes emulator failed {len(errors)} request(s): {errors!r}"
+
     # -- serving ----------------------------------------------------------------------------------
 
     async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:

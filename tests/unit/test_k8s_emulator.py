@@ -25,7 +25,7 @@ def emu():
         emulator.register("ray.io", "v1", "rayclusters", "RayCluster")
         emulator.register("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService")
         yield emulator
-        assert emulator.server_errors == []
+        emulator.check()
 
 
 @pytest.fixture
@@ -536,3 +536,15 @@ def test_writes_are_checked_against_the_crd_schema_and_webhooks(emu, crd):
         *RAY, NS, "rayjobs", "a", {"status": {"jobStatus": "RUNNING"}}
     )
     assert status["status"] == {"jobStatus": "RUNNING"}  # declared fields pass (the webhook skips /status)
+
+
+def test_an_emulator_failure_answers_500_and_fails_the_check(emu, crd):
+    emu._list = lambda *args: 1 / 0  # an emulator bug
+    with pytest.raises(ApiException) as err:
+        crd.list_namespaced_custom_object(*RAY, NS, "rayjobs")
+    assert err.value.status == 500
+    with pytest.raises(
+        AssertionError, match=r"failed 1 request\(s\): \[ZeroDivisionError\('division by zero'\)\]"
+    ):
+        emu.check()
+    emu.server_errors.clear()  # checked: the fixture's own check passes
