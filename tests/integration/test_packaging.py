@@ -74,16 +74,7 @@ def test_the_provider_requires_airflow_only_and_brings_each_sdk_with_an_extra(wh
     meta = metadata(next(wheels.glob("airflow_provider_mlplat-*.whl")))
     core = [r for r in meta["Requires-Dist"] if "extra ==" not in r]
     assert core == ["apache-airflow>=3.3"]
-    assert set(meta["Provides-Extra"]) == {
-        "mlflow",
-        "feast",
-        "gx",
-        "ray",
-        "kubernetes",
-        "evidently",
-        "openlineage",
-        "all",
-    }
+    assert set(meta["Provides-Extra"]) == {"mlflow", "feast", "gx", "ray", "kubernetes", "evidently", "openlineage", "all"}
     assert not [r for r in meta["Requires-Dist"] if "kserve" in r]  # the model server is in no extra
     assert meta["Requires-Python"] == [">=3.11"]
     server = next(wheels.glob("mlplat_model_server-*.whl"))

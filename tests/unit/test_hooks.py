@@ -54,12 +54,8 @@ def test_an_unknown_extra_fails_naming_the_closest_known_one(hook_class, conn_ty
 
 
 def test_an_extra_that_is_not_json_is_reported_as_such():
-    os.environ["AIRFLOW_CONN_FEAST_BROKEN"] = (
-        '{"conn_type": "feast", "extra": "{\\"repo_path\\": \\"/r\\",}"}'
-    )
-    with pytest.raises(
-        MLPlatConfigError, match=r"connection 'feast_broken': its extra is not valid JSON \(Expecting"
-    ):
+    os.environ["AIRFLOW_CONN_FEAST_BROKEN"] = '{"conn_type": "feast", "extra": "{\\"repo_path\\": \\"/r\\",}"}'
+    with pytest.raises(MLPlatConfigError, match=r"connection 'feast_broken': its extra is not valid JSON \(Expecting"):
         _ = FeastHook("feast_broken").repo_path
 
 
