@@ -25,7 +25,7 @@ def emu():
         emulator.register("ray.io", "v1", "rayclusters", "RayCluster")
         emulator.register("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService")
         yield emulator
-        assert emulator.server_errors == []
+        emulator.check()
 
 
 @pytest.fixture
@@ -487,3 +487,64 @@ def test_a_long_request_history_is_kept_and_the_object_still_served(emu, crd):
         crd.patch_namespaced_custom_object(*RAY, NS, "rayjobs", "a", {"metadata": {"labels": {"i": str(i)}}})
     assert emu.count("PATCH", "rayjobs") == 1000 and len(emu.requests) == 1001
     assert crd.get_namespaced_custom_object(*RAY, NS, "rayjobs", "a")["metadata"]["labels"] == {"i": "999"}
+
+
+def test_writes_are_checked_against_the_crd_schema_and_webhooks(emu, crd):
+    from airflow_provider_mlplat.testing.kubernetes.fixtures import crd_schemas
+
+    emu.register(*RAY, "rayjobs", "RayJob", schema=crd_schemas()[("ray.io/v1", "RayJob")])
+    emu.admit(
+        *RAY, "rayjobs", "no-suspend", lambda new, old: "suspend" if new["spec"].get("suspend") else None
+    )
+
+    def refused(call, *args):
+        with pytest.raises(ApiException) as err:
+            call(*RAY, NS, "rayjobs", *args)
+        return err.value.status, json.loads(err.value.body)
+
+    typo = rayjob("a", {"entrypoint": "python train.py", "entrypont": "x"}, labels={"any": "label"})
+    code, status = refused(crd.create_namespaced_custom_object, typo)
+    assert (code, status["reason"], status["message"]) == (
+        400, "BadRequest", 'strict decoding error: unknown field "spec.entrypont"'
+    )  # fmt: skip
+    low = rayjob("a", {"entrypoint": "python train.py", "preRunningDeadlineSeconds": 0})
+    code, status = refused(crd.create_namespaced_custom_object, low)
+    assert (code, status["reason"], status["details"]["causes"]) == (422, "Invalid", [{
+        "reason": "FieldValueInvalid", "field": "spec.preRunningDeadlineSeconds",
+        "message": "Invalid value: 0: spec.preRunningDeadlineSeconds in body should be greater than or equal to 1",
+    }])  # fmt: skip
+    assert status["message"].startswith(
+        'RayJob.ray.io "a" is invalid: spec.preRunningDeadlineSeconds: Invalid value'
+    )
+    assert emu.objects("rayjobs") == []
+
+    created = create(crd, rayjob("a", labels={"any": "label"}))
+    bad_patches = [
+        (crd.patch_namespaced_custom_object, {"spec": {"shutdownAfterJobFinishez": True}}, 400),
+        (crd.patch_namespaced_custom_object, {"spec": {"entrypoint": 3}}, 422),
+        (crd.patch_namespaced_custom_object_status, {"status": {"jobStatuz": "RUNNING"}}, 400),
+        (crd.patch_namespaced_custom_object, {"spec": {"suspend": True}}, 422),  # the webhook
+    ]
+    assert [refused(call, "a", body)[0] for call, body, _ in bad_patches] == [
+        code for *_, code in bad_patches
+    ]
+    assert refused(crd.patch_namespaced_custom_object, "a", {"spec": {"suspend": True}})[1]["message"] == (
+        'admission webhook "no-suspend" denied the request: suspend'
+    )
+    assert emu.get_object(*RAY, NS, "rayjobs", "a") == created  # nothing half-applied
+    status = crd.patch_namespaced_custom_object_status(
+        *RAY, NS, "rayjobs", "a", {"status": {"jobStatus": "RUNNING"}}
+    )
+    assert status["status"] == {"jobStatus": "RUNNING"}  # declared fields pass (the webhook skips /status)
+
+
+def test_an_emulator_failure_answers_500_and_fails_the_check(emu, crd):
+    emu._list = lambda *args: 1 / 0  # an emulator bug
+    with pytest.raises(ApiException) as err:
+        crd.list_namespaced_custom_object(*RAY, NS, "rayjobs")
+    assert err.value.status == 500
+    with pytest.raises(
+        AssertionError, match=r"failed 1 request\(s\): \[ZeroDivisionError\('division by zero'\)\]"
+    ):
+        emu.check()
+    emu.server_errors.clear()  # checked: the fixture's own check passes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -221,3 +222,79 @@ def test_refused_and_failed_api_calls_say_which_call_in_one_line(k8s):
         "the Kubernetes API answered 500 Internal Server Error to patch inferenceservices.serving.kserve.io "
         "in namespace 'default': etcd timed out"
     )
+
+
+@pytest.mark.parametrize(
+    ("model", "transition", "failure"),
+    [
+        ({"runtime": "kserve-mlservr"}, "InvalidSpec",
+         "RuntimeNotRecognized Waiting for runtime to become available"),
+        ({"protocolVersion": "v1"}, "InvalidSpec",
+         "NoSupportingRuntime No runtime found to support specified framework/version"),
+        ({"runtime": "kserve-sklearnserver"}, "InvalidSpec",
+         "NoSupportingRuntime Specified runtime does not support specified framework/version"),
+        ({"storageUri": "mlflow-artifacts:/1/models/m-1/artifacts"}, "BlockedByFailedLoad",
+         "ModelLoadFailed Cannot recognize storage type for mlflow-artifacts:/1/models/m-1/artifacts"),
+    ],
+)  # fmt: skip
+def test_readiness_follows_from_the_spec_not_from_the_test(k8s, model, transition, failure):
+    t = target()
+    manifest = t.manifest(NAME, ref("1"), {}, {}, None, {})
+    manifest["spec"]["predictor"]["model"] |= model
+    with FakeKServeController(k8s) as controller:  # behaviour "ready": only the spec can fail it
+        expect = {"generation": t.apply(manifest)["metadata"]["generation"]}
+        event = wait_ready(t, expect)
+        assert (event["status"], event["detail"].startswith(f"model {transition}: {failure}")) == (
+            "failed",
+            True,
+        )
+        status = stored(k8s)["status"]
+        assert {c["type"]: c["status"] for c in status["conditions"]} == {
+            "PredictorReady": "False",
+            "Ready": "False",
+        }
+        assert status["modelStatus"]["states"]["targetModelState"] == "FailedToLoad"
+        assert "components" not in status  # no revision is served
+        fixed = t.apply(t.manifest(NAME, ref("1"), {}, {}, None, {}))  # the same service, a valid spec
+        assert wait_ready(t, {"generation": fixed["metadata"]["generation"]})["status"] == "ready"
+    assert controller.revisions[NAME][-1]["model"] == fixed["spec"]["predictor"]["model"]
+
+
+def test_out_of_range_percent_and_misspelled_fields_are_refused_before_any_write(k8s):
+    from kubernetes.client.exceptions import ApiException
+
+    t = target()
+    with FakeKServeController(k8s):
+        wait_ready(t, t.stage(NAME, ref("1"), None, ORIGIN, direct=False))
+        before = stored(k8s)
+        with pytest.raises(ApiException) as percent:
+            t.shift(NAME, ref("1"), "1", 150)
+        with pytest.raises(ApiException) as typo:
+            t._patch(NAME, {"spec": {"predictor": {"canaryTrafficPercnt": 10}}})
+        with pytest.raises(ApiException) as standard:
+            t._patch(NAME, {"spec": {"canary": [{"trafficPercent": 150, "predictor": {}}]}})
+    assert (percent.value.status, json.loads(percent.value.body)["message"]) == (
+        422,
+        'admission webhook "inferenceservice.kserve-webhook-server.validator" denied the request: '
+        "expected 0 <= 150 <= 100: spec.predictor.canaryTrafficPercent",
+    )
+    assert (typo.value.status, json.loads(typo.value.body)["message"]) == (
+        400,
+        'strict decoding error: unknown field "spec.predictor.canaryTrafficPercnt"',
+    )
+    assert (standard.value.status, json.loads(standard.value.body)["details"]["causes"]) == (
+        422,
+        [{"reason": "FieldValueInvalid", "field": "spec.canary[0].trafficPercent",
+          "message": "Invalid value: 150: spec.canary[0].trafficPercent in body should be less than or equal to 100"}],
+    )  # fmt: skip
+    assert stored(k8s) == before  # nothing half-applied
+
+
+def test_an_error_in_the_controller_thread_fails_the_test(k8s):
+    controller = FakeKServeController(k8s)
+    failed = r"the fake KServe controller failed: KeyError\('predictor'\)"
+    with pytest.raises(AssertionError, match=failed), controller:
+        # what the controller reads: an InferenceService without a predictor (the CRD would refuse one)
+        k8s.objects = lambda plural: [{"metadata": {"name": NAME, "generation": 1}, "spec": {}}]
+        wait_for(lambda: controller.error is not None, 10, "the controller thread to fail", 0.05)
+    assert not controller._thread.is_alive()

@@ -10,8 +10,12 @@ It serves on 127.0.0.1 from a background thread with its own event loop, so sync
 and the synchronous ``kubernetes`` client can call it::
 
     with K8sEmulator() as emu:
-        emu.register("ray.io", "v1", "rayjobs", "RayJob")
+        emu.register("ray.io", "v1", "rayjobs", "RayJob", schema=openapi_v3_schema)
         emu.kubeconfig(tmp_path / "kubeconfig")
+
+Writes of a resource registered with its CRD's ``openAPIV3Schema`` are checked like the API server's
+structural schema with strict field validation: an unknown field answers 400 (``strict decoding
+error``), a value the schema refuses 422 naming the field. ``admit`` adds validating webhooks.
 """
 
 from __future__ import annotations
@@ -35,11 +39,14 @@ from typing import Any, NamedTuple, Self
 
 import aiohttp.web
 import jsonpatch  # a dependency of kmock
+import jsonschema
 import kmock
 from aiohttp.test_utils import RawTestServer
 
 Res = tuple[str, str, str]  # (group, version, plural); the core group is ""
 Key = tuple[str | None, str]  # (namespace, name); namespace is None for cluster-scoped objects
+#: a validating webhook: (new object, stored object or None) -> None, or the reason it denies the write
+Webhook = Callable[[dict, dict | None], str | None]
 VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
 FIXED_META = {"name", "namespace", "uid", "creationTimestamp", "generation", "deletionTimestamp"}
 _TERM = re.compile(  # one label/field selector requirement
@@ -123,6 +130,59 @@ def _merge(old: Any, patch: Any) -> Any:
     return out
 
 
+def _field_path(parts: Any) -> str:
+    """``spec.canary[0].trafficPercent`` from a JSON path (keys and list indexes)."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _unknown_fields(value: Any, schema: dict, path: tuple = ()) -> list[str]:
+    """Fields of ``value`` a structural schema does not declare (what pruning would drop)."""
+    if isinstance(value, list) and "items" in schema:
+        return [f for i, item in enumerate(value) for f in _unknown_fields(item, schema["items"], (*path, i))]
+    if not isinstance(value, dict) or schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    if "additionalProperties" in schema:
+        extra = schema["additionalProperties"]
+        extra = extra if isinstance(extra, dict) else {}
+        return [f for k, v in value.items() for f in _unknown_fields(v, extra, (*path, k))]
+    props = schema.get("properties")
+    if props is None:
+        return []
+    return [
+        f
+        for key, item in value.items()
+        for f in (
+            _unknown_fields(item, props[key], (*path, key)) if key in props else [_field_path((*path, key))]
+        )
+        if path or key != "metadata"  # ObjectMeta is validated by the API server itself, not the CRD
+    ]
+
+
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object",
+               type(None): "null"}  # fmt: skip
+_SCHEMA_MESSAGES = {
+    "maximum": lambda e: f"should be less than or equal to {e.validator_value}",
+    "minimum": lambda e: f"should be greater than or equal to {e.validator_value}",
+    "type": lambda e: f"must be of type {e.validator_value}: {json.dumps(_JSON_TYPES[type(e.instance)])}",
+    "enum": lambda e: f"should be one of {json.dumps(e.validator_value)}",
+}
+
+
+def _schema_errors(obj: dict, validator: jsonschema.protocols.Validator) -> list[dict[str, str]]:
+    """The API server's causes for the values a CRD schema refuses, one per field."""
+    causes = []
+    for error in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path))):
+        field = _field_path(error.absolute_path)
+        explain = _SCHEMA_MESSAGES.get(error.validator)
+        message = f"{field} in body {explain(error)}" if explain else error.message
+        causes.append({"reason": "FieldValueInvalid", "field": field,
+                       "message": f"Invalid value: {json.dumps(error.instance)}: {message}"})  # fmt: skip
+    return causes
+
+
 def _parse_path(path: str) -> tuple[str, str, str | None, str | None, str | None, str | None] | None:
     """Split a resource URL into (group, version, namespace, plural, name, subresource)."""
     parts = path.strip("/").split("/")
@@ -192,6 +252,8 @@ class K8sEmulator(kmock.KubernetesScaffold):
         self.server_errors: list[Exception] = []  # unexpected exceptions in the emulator itself
         self._counts: Counter[tuple[str, str | None]] = Counter()
         self._faults: list[_Fault] = []
+        self._schemas: dict[Res, tuple[dict, jsonschema.protocols.Validator]] = {}
+        self._webhooks: dict[Res, list[tuple[str, Webhook]]] = {}
         self._store: dict[Res, dict[Key, dict]] = {}  # stored dicts are replaced, never mutated
         self._events: list[tuple[int, Res, dict]] = []  # (resourceVersion, resource, event)
         self._watchers: list[tuple[Res, str | None, Callable[[dict], bool], asyncio.Queue[dict | None]]] = []
@@ -252,11 +314,19 @@ class K8sEmulator(kmock.KubernetesScaffold):
     # -- test-side helpers (thread-safe) --------------------------------------------------------
 
     def register(self, group: str, version: str, plural: str, kind: str, namespaced: bool = True,
-                 subresources: tuple[str, ...] = ("status",)) -> None:  # fmt: skip
-        """Declare a custom resource, served and discoverable."""
+                 subresources: tuple[str, ...] = ("status",), schema: dict | None = None) -> None:  # fmt: skip
+        """Declare a custom resource, served and discoverable; writes are checked against ``schema``
+        (its CRD's ``openAPIV3Schema``) when given."""
         info = kmock.ResourceInfo(kind=kind, singular=kind.lower(), namespaced=namespaced, verbs=VERBS)
         info.subresources = set(subresources)
         self.resources[kmock.resource(group, version, plural)] = info
+        if schema is not None:
+            self._schemas[(group, version, plural)] = (schema, jsonschema.Draft7Validator(schema))
+
+    def admit(self, group: str, version: str, plural: str, name: str, webhook: Webhook) -> None:
+        """Add a validating webhook ``name`` for writes of a resource: a reason it returns answers 422."""
+        with self._mutex:
+            self._webhooks.setdefault((group, version, plural), []).append((name, webhook))
 
     def fail_next(self, method: str | None = None, plural: str | None = None, status: int = 500,
                   times: int | None = 1, retry_after: int | None = None, name: str | None = None,
@@ -323,6 +393,12 @@ class K8sEmulator(kmock.KubernetesScaffold):
         self.audit.append(
             Access(user, verb or call.method.lower(), where[0], resource, call.namespace, call.name)
         )
+
+    def check(self) -> None:
+        """Fail when the emulator itself failed: clients would take its 500s for transient outages."""
+        with self._mutex:
+            errors = list(self.server_errors)
+        assert not errors, f"the Kubernetes emulator failed {len(errors)} request(s): {errors!r}"
 
     # -- serving ----------------------------------------------------------------------------------
 
@@ -443,6 +519,7 @@ class K8sEmulator(kmock.KubernetesScaffold):
         obj.setdefault("kind", info.kind)
         if "status" in info.subresources:
             obj.pop("status", None)  # as in Kubernetes: only the /status subresource writes status
+        self._validate(res, obj, None)
         return self._commit(res, obj, "ADDED")
 
     def _update(self, res: Res, info: kmock.ResourceInfo, old: dict, new: Any, sub: str | None) -> dict:
@@ -468,6 +545,7 @@ class K8sEmulator(kmock.KubernetesScaffold):
         obj["metadata"]["resourceVersion"] = old_meta["resourceVersion"]
         if obj == old:
             return old  # a no-op write changes nothing and emits nothing, as in Kubernetes
+        self._validate(res, obj, old, sub)
         gone = obj["metadata"].get("deletionTimestamp") and not obj["metadata"].get("finalizers")
         return self._commit(res, obj, "DELETED" if gone else "MODIFIED")
 
@@ -480,6 +558,23 @@ class K8sEmulator(kmock.KubernetesScaffold):
         self._commit(res, {**old, "metadata": dict(meta)}, "DELETED")
         details = {"name": meta["name"], "group": res[0], "kind": res[2], "uid": meta.get("uid")}
         return {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Success", "details": details}
+
+    def _validate(self, res: Res, obj: dict, old: dict | None, sub: str | None = None) -> None:
+        """Refuse a write as the API server would: unknown fields (400), schema (422), then the webhooks
+        (422; not for the status subresource)."""
+        kind, name = f"{obj.get('kind')}.{res[0]}", obj["metadata"].get("name")
+        if res in self._schemas:
+            schema, validator = self._schemas[res]
+            if unknown := _unknown_fields(obj, schema):
+                raise _fail(400, "strict decoding error: " + ", ".join(f'unknown field "{f}"' for f in unknown),
+                            "BadRequest")  # fmt: skip
+            if causes := _schema_errors(obj, validator):
+                message = ", ".join(f"{c['field']}: {c['message']}" for c in causes)
+                raise kmock.KubernetesError(422, "Invalid", f'{kind} "{name}" is invalid: {message}',
+                                            {"name": name, "group": res[0], "kind": obj.get("kind"), "causes": causes})  # fmt: skip
+        for webhook, check in self._webhooks.get(res, []) if sub is None else []:
+            if (denied := check(copy.deepcopy(obj), copy.deepcopy(old))) is not None:
+                raise _fail(422, f'admission webhook "{webhook}" denied the request: {denied}')
 
     def _commit(self, res: Res, obj: dict, kind: str) -> dict:
         """Store a new object version under a new resourceVersion and notify the watchers."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,15 @@ def k8s(tmp_path):
     """
     from airflow_provider_mlplat.testing.kubernetes.emulator import K8sEmulator
 
+    schemas = crd_schemas()
     with K8sEmulator() as emulator:
-        emulator.register("ray.io", "v1", "rayjobs", "RayJob")
-        emulator.register("ray.io", "v1", "rayclusters", "RayCluster")
-        emulator.register("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService")
+        for group_version, kind, plural in (
+            ("ray.io/v1", "RayJob", "rayjobs"),
+            ("ray.io/v1", "RayCluster", "rayclusters"),
+            ("serving.kserve.io/v1beta1", "InferenceService", "inferenceservices"),
+        ):
+            schema = schemas[(group_version, kind)]
+            emulator.register(*group_version.split("/"), plural, kind, schema=schema)
         config = emulator.kubeconfig(tmp_path / "kubeconfig", token=AIRFLOW_USER)
         set_connection(
             "kubernetes_default",
@@ -36,9 +42,12 @@ def k8s(tmp_path):
             extra={"kube_config_path": str(config), "namespace": "default"},
         )
         yield emulator
+        emulator.check()
 
 
-def _crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+@functools.cache
+def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """The ``openAPIV3Schema`` of each (apiVersion, kind) in the vendored CRDs (read once per process)."""
     import yaml
 
     schemas = {}
@@ -59,7 +68,7 @@ def validate_manifest():
     """
     import jsonschema
 
-    validators = {key: jsonschema.Draft7Validator(schema) for key, schema in _crd_schemas().items()}
+    validators = {key: jsonschema.Draft7Validator(schema) for key, schema in crd_schemas().items()}
 
     def validate(manifest: dict[str, Any]) -> None:
         key = (manifest.get("apiVersion"), manifest.get("kind"))

@@ -233,7 +233,8 @@ class FakeKubeRay(threading.Thread):
                 self._delete_cluster(cluster)
         elif phase == "Initializing" and mode == "stuck":
             if "rayClusterStatus" not in status:
-                unschedulable = {"type": "HeadPodReady", "status": "False", "reason": "Unschedulable"}
+                unschedulable = {"type": "HeadPodReady", "status": "False", "reason": "Unschedulable",
+                                 "lastTransitionTime": now}  # required by the CRD's schema  # fmt: skip
                 unschedulable["message"] = "0/3 nodes are available: 3 Insufficient cpu."
                 update(rayClusterStatus={"state": "", "conditions": [unschedulable]})
         elif phase == "Initializing":

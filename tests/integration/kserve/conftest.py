@@ -22,11 +22,12 @@ FEATURES = ("conv_rate", "acc_rate", "avg_daily_trips", "trip_distance_km")
 
 @dataclass(frozen=True)
 class Serving:
-    """The running model server and Prometheus."""
+    """The running model server, Prometheus and the Pushgateway."""
 
     platform: Any
     url: str
     prometheus_url: str
+    pushgateway_url: str
     inference_log: Path
     state_file: Path
 
@@ -38,6 +39,7 @@ def serving(model_server, prometheus) -> Serving:
         platform=model_server.platform,
         url=model_server.url,
         prometheus_url=prometheus.url,
+        pushgateway_url=prometheus.pushgateway_url,
         inference_log=model_server.inference_log,
         state_file=model_server.state_file,
     )
