@@ -15,13 +15,14 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def rides_history(tmp_path):
-    """The feature repo applied over ~2.5 days of raw data up to the current hour (3,000+ labelled trips)."""
+    """The feature repo applied over 60-72 hours of raw data up to the current hour (3,000+ labelled trips)."""
     from airflow_provider_mlplat.hooks.feast import FeastHook
     from include import datagen
     from tests.feast_support import feast_connection
 
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    start = now.replace(hour=0) - timedelta(days=2)  # profiles are daily snapshots, written at midnight
+    # profiles are daily snapshots, written at midnight: start at one, 60 to 72 hours back whatever the hour
+    start = now.replace(hour=0) - timedelta(days=2 if now.hour >= 12 else 3)
     datagen.generate(tmp_path / "data", start, now + timedelta(hours=1))
     feast_connection("feast_default", tmp_path)
     FeastHook().apply()
