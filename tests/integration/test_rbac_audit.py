@@ -15,19 +15,22 @@ from tests.unit.test_rbac import manifests
 
 pytestmark = pytest.mark.integration
 
+#: the namespaced rules (the Role's); the ClusterRole's are for cluster-scoped resources
+ROLE_RULES = manifests()["Role"]["rules"]
 #: the test modules whose tests drive the hooks against the emulator (the `k8s` fixture)
 KUBERNETES_TESTS = (
     "tests/integration/kserve/test_rollout_kubernetes.py",
     "tests/integration/test_kuberay.py",
     "tests/unit/test_hooks.py",
     "tests/unit/test_kserve_kubernetes.py",
+    "tests/unit/test_kserve_standard.py",
 )
 
 
 def grants(rule: dict, access) -> bool:
-    """Whether a Role's rule allows a request (a Role grants namespaced resources only)."""
+    """Whether a rule allows a request (a Role's rules namespaced resources only, a ClusterRole's cluster-scoped ones)."""
     return (
-        access.namespace is not None
+        (access.namespace is not None) == (rule in ROLE_RULES)
         and access.group in rule.get("apiGroups", [])
         and access.resource in rule.get("resources", [])
         and access.verb in rule["verbs"]
@@ -63,7 +66,7 @@ def test_the_role_grants_exactly_what_the_hooks_ask(request, tmp_path):
     docs = manifests()
     subject = docs["RoleBinding"]["subjects"][0]
     assert f"system:serviceaccount:{subject['namespace']}:{subject['name']}" == AIRFLOW_USER
-    rules = docs["Role"]["rules"]
+    rules = ROLE_RULES + docs["ClusterRole"]["rules"]
     recorded = session_requests(request, tmp_path)
     asked = [(test, access) for test, access in recorded if not access.resource.startswith("/")]
     # discovery (/api, /apis, /version) is every authenticated user's (system:discovery)

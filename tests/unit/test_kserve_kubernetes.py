@@ -239,10 +239,10 @@ def test_refused_and_failed_api_calls_say_which_call_in_one_line(k8s):
 )  # fmt: skip
 def test_readiness_follows_from_the_spec_not_from_the_test(k8s, model, transition, failure):
     t = target()
-    manifest = t.manifest(NAME, ref("1"), {}, {}, None, {})
+    manifest = t.manifest(NAME, ref("1"), {}, {}, t.predictor_spec(ref("1")))
     manifest["spec"]["predictor"]["model"] |= model
     with FakeKServeController(k8s) as controller:  # behaviour "ready": only the spec can fail it
-        expect = {"generation": t.apply(manifest)["metadata"]["generation"]}
+        expect = Expectation(generation=t.apply(manifest)["metadata"]["generation"])
         event = wait_ready(t, expect)
         assert (event["status"], event["detail"].startswith(f"model {transition}: {failure}")) == (
             "failed",
@@ -255,8 +255,9 @@ def test_readiness_follows_from_the_spec_not_from_the_test(k8s, model, transitio
         }
         assert status["modelStatus"]["states"]["targetModelState"] == "FailedToLoad"
         assert "components" not in status  # no revision is served
-        fixed = t.apply(t.manifest(NAME, ref("1"), {}, {}, None, {}))  # the same service, a valid spec
-        assert wait_ready(t, {"generation": fixed["metadata"]["generation"]})["status"] == "ready"
+        valid = t.manifest(NAME, ref("1"), {}, {}, t.predictor_spec(ref("1")))  # the same service, a valid spec
+        fixed = t.apply(valid)
+        assert wait_ready(t, Expectation(generation=fixed["metadata"]["generation"]))["status"] == "ready"
     assert controller.revisions[NAME][-1]["model"] == fixed["spec"]["predictor"]["model"]
 
 

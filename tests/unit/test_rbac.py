@@ -23,7 +23,16 @@ def manifests() -> dict[str, dict]:
 def test_manifests_validate_against_the_rbac_schema_and_a_misspelling_does_not():
     validator = jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
     docs = manifests()
-    assert sorted(docs) == ["Role", "RoleBinding", "ServiceAccount"]  # no ClusterRole: nothing needs one
+    # the one ClusterRole reads the InferenceService CRD (cluster-scoped), nothing else
+    assert sorted(docs) == ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount"]
+    assert docs["ClusterRole"]["rules"] == [
+        {
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "resourceNames": ["inferenceservices.serving.kserve.io"],
+            "verbs": ["get"],
+        }
+    ]
     for doc in docs.values():
         validator.validate(doc)
     misspelt = copy.deepcopy(docs["Role"])
@@ -31,6 +40,8 @@ def test_manifests_validate_against_the_rbac_schema_and_a_misspelling_does_not()
     with pytest.raises(jsonschema.ValidationError):
         validator.validate(misspelt)
     binding, account = docs["RoleBinding"], docs["ServiceAccount"]
+    assert docs["ClusterRoleBinding"]["roleRef"]["name"] == docs["ClusterRole"]["metadata"]["name"]
+    assert docs["ClusterRoleBinding"]["subjects"] == binding["subjects"]
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "Role",
