@@ -48,6 +48,37 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 
 
+#: a password for PostgreSQL URLs (trust auth ignores it): to check it never appears in messages
+PASSWORD = "s3cret-pw"
+
+
+def with_password(url: str) -> str:
+    """
+    The URL with :data:`PASSWORD` in it.
+
+    :param url: a PostgreSQL URL.
+    """
+    import sqlalchemy
+
+    return sqlalchemy.make_url(url).set(password=PASSWORD).render_as_string(hide_password=False)
+
+
+def postgres_admin(sql: str) -> None:
+    """
+    Run one statement as the PostgreSQL superuser, outside a transaction.
+
+    :param sql: the statement.
+    """
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(sql)
+    finally:
+        engine.dispose()
+
+
 @contextmanager
 def postgres_database() -> Iterator[str]:
     """
