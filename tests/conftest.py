@@ -239,7 +239,7 @@ def s3_store(tmp_path_factory):
     """
     import importlib.util
 
-    if importlib.util.find_spec("moto.server") is None:
+    if importlib.util.find_spec("moto") is None:
         unavailable("moto[server] is not installed (a dev dependency: uv sync)")
     with s3_server(tmp_path_factory.mktemp("s3")) as store:
         set_connection(
