@@ -97,13 +97,15 @@ def task_artifact_dir(context: Any, *parts: str, task_id: str | None = None) -> 
 
 def write(path: ObjectStoragePath, data: bytes | str) -> str:
     """
-    Write a file to artifact storage (text as UTF-8); return its URI.
+    Write a file to artifact storage (text as UTF-8; a local folder is created); return its URI.
 
     :param path: target file.
     :param data: its content.
     """
     from airflow_provider_mlplat.exceptions import MLPlatConfigError
 
+    if path.protocol in _LOCAL:
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
         path.write_bytes(data.encode() if isinstance(data, str) else data)
     except FileNotFoundError as err:  # object stores: the bucket (keys need no folders)

@@ -115,11 +115,7 @@ def package_working_dir(directory: str | Path) -> str:
             info = zipfile.ZipInfo(f"{root.name}/{relative}", date_time=(1980, 1, 1, 0, 0, 0))
             archive.writestr(info, data, zipfile.ZIP_DEFLATED)
     target = artifact_root() / "ray" / "working_dirs" / f"{_label(root.name)}-{digest.hexdigest()[:16]}.zip"
-    if target.exists():
-        return artifact_uri(target)
-    if target.protocol in ("file", "local"):
-        target.parent.mkdir(parents=True, exist_ok=True)
-    return write(target, buffer.getvalue())
+    return artifact_uri(target) if target.exists() else write(target, buffer.getvalue())
 
 
 class KubeRayHook(RayHook):
