@@ -194,6 +194,15 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "s3://ml-artifacts/airflow",
                         "default": "{AIRFLOW_HOME}/mlplat-artifacts",
                     },
+                    "artifact_conn_id": {
+                        "description": "The connection (type aws) for object storage URIs that name "
+                        "none, e.g. an s3:// artifact_root; its extra may set endpoint_url for an "
+                        "S3-compatible server. Empty: the SDK's default credentials.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "aws_default",
+                        "default": None,
+                    },
                 },
             }
         },

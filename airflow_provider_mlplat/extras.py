@@ -15,6 +15,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "ray": ("ray",),
     "kubernetes": ("kubernetes", "kubernetes_asyncio", "airflow.providers.cncf.kubernetes"),
     "evidently": ("evidently", "pandas", "pyarrow", "orjson", "prometheus_client"),
+    "s3": ("airflow.providers.amazon", "s3fs"),
 }
 
 

@@ -64,7 +64,12 @@ def batch_scoring():
         import pandas as pd
         import pyarrow.dataset as pds
 
-        from airflow_provider_mlplat.artifacts import read_dataframe, task_artifact_dir, write_parquet
+        from airflow_provider_mlplat.artifacts import (
+            artifact_uri,
+            read_dataframe,
+            task_artifact_dir,
+            write_parquet,
+        )
         from airflow_provider_mlplat.exceptions import MLPlatConfigError, MLPlatValidationFailed
         from airflow_provider_mlplat.hooks.feast import FeastHook
 
@@ -109,20 +114,20 @@ def batch_scoring():
             "source": source,
             "day": start.date().isoformat(),
             "event_timestamp": end.isoformat(),
-            "predictions_uri": str(task_artifact_dir(context, task_id="score") / "predictions"),
+            "predictions_uri": artifact_uri(task_artifact_dir(context, task_id="score") / "predictions"),
         }
 
     @task(outlets=[PREDICTIONS])
     def publish(scored: dict, plan: dict, features: dict, outlet_events=None) -> dict:
         """Check the predictions the job wrote; record them on the predictions Asset."""
         import pyarrow.dataset as pds
-        from airflow.sdk import ObjectStoragePath
 
+        from airflow_provider_mlplat.artifacts import storage_path
         from airflow_provider_mlplat.exceptions import MLPlatError
 
         if not scored:
             raise MLPlatError("the score job returned no result: no MLPLAT_RESULT_JSON line in its log")
-        path = ObjectStoragePath(scored["uri"])
+        path = storage_path(scored["uri"])
         rows = pds.dataset(path.path, filesystem=path.fs, format="parquet").count_rows()
         if rows != scored["rows"] or rows != features["rows"]:
             raise MLPlatError(

@@ -81,34 +81,28 @@ def training_pipeline():
     @task
     def holdout_split(summary: dict, params=None, **context) -> dict:
         """Hold out the newest rows for evaluation; train on the rest (both written to artifact storage)."""
-        import hashlib
-
         import pandas as pd
-        from airflow.sdk import ObjectStoragePath
 
-        from airflow_provider_mlplat.artifacts import task_artifact_dir
+        from airflow_provider_mlplat.artifacts import storage_path, task_artifact_dir, write_parquet
 
         uri, label = summary["uri"], summary["label"]
-        with ObjectStoragePath(uri if "://" in uri else f"file://{Path(uri).resolve()}").open("rb") as handle:
+        with storage_path(uri).open("rb") as handle:
             frame = pd.read_parquet(handle).sort_values("event_timestamp", kind="stable")
         numeric = frame.select_dtypes("number").columns
         features = [c for c in numeric if c not in (*NOT_FEATURES, label)]  # request data included
         cut = len(frame) - max(1, int(len(frame) * float(params["holdout_share"])))
         folder = task_artifact_dir(context)
-        parts = {"train": frame.iloc[:cut], "holdout": frame.iloc[cut:]}
-        for name, part in parts.items():
-            with (folder / f"{name}.parquet").open("wb") as handle:
-                part.to_parquet(handle, index=False)
-        with (folder / "train.parquet").open("rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        train, holdout = frame.iloc[:cut], frame.iloc[cut:]
+        train_uri, digest = write_parquet(folder / "train.parquet", train)
+        holdout_uri, _ = write_parquet(folder / "holdout.parquet", holdout)
         return {
             **summary,
             "features": features,
-            "uri": str(folder / "train.parquet"),
-            "rows": len(parts["train"]),
+            "uri": train_uri,
+            "rows": len(train),
             "content_hash": digest,
-            "holdout_uri": str(folder / "holdout.parquet"),
-            "holdout_rows": len(parts["holdout"]),
+            "holdout_uri": holdout_uri,
+            "holdout_rows": len(holdout),
             "source_uri": uri,
         }
 

@@ -34,15 +34,35 @@ def stats(hours: list[datetime], magnitude: float = 0.0):
 
 def register(training_set: str | None, versions: int = 1) -> str:
     """A fresh registered model with ``versions`` versions; only version 1 names its training set."""
-    client, name = MLflowHook().client, f"drift_{uuid.uuid4().hex[:8]}"
+    name = f"drift_{uuid.uuid4().hex[:8]}"
+    add_versions(name, training_set, versions)
+    return name
+
+
+def add_versions(name: str, training_set: str | None, count: int) -> list[str]:
+    """
+    Register ``count`` new versions of a model (created when missing); only the first names its
+    training set. Returns their version numbers.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = MLflowHook().client
     experiment = client.get_experiment_by_name("drift-tests")
     experiment_id = experiment.experiment_id if experiment else client.create_experiment("drift-tests")
-    client.create_registered_model(name)
-    for number in range(1, versions + 1):
+    try:
+        client.create_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    numbers = []
+    for number in range(count):
         run = client.create_run(experiment_id)
-        tags = {TRAINING_SET_TAG: training_set} if number == 1 and training_set else {}
-        client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id, tags=tags)
-    return name
+        tags = {TRAINING_SET_TAG: training_set} if number == 0 and training_set else {}
+        version = client.create_model_version(
+            name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id, tags=tags
+        )
+        numbers.append(str(version.version))
+    return numbers
 
 
 def serve(location: Path | str, model: str, versions: dict[str, int], magnitude: float = 0.0) -> None:

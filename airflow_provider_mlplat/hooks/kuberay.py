@@ -99,7 +99,7 @@ def package_working_dir(directory: str | Path) -> str:
 
     :param directory: local folder.
     """
-    from airflow_provider_mlplat.artifacts import artifact_root
+    from airflow_provider_mlplat.artifacts import artifact_root, artifact_uri, write
 
     root = Path(directory).resolve()
     files = sorted(
@@ -115,10 +115,7 @@ def package_working_dir(directory: str | Path) -> str:
             info = zipfile.ZipInfo(f"{root.name}/{relative}", date_time=(1980, 1, 1, 0, 0, 0))
             archive.writestr(info, data, zipfile.ZIP_DEFLATED)
     target = artifact_root() / "ray" / "working_dirs" / f"{_label(root.name)}-{digest.hexdigest()[:16]}.zip"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(buffer.getvalue())
-    return str(target)
+    return artifact_uri(target) if target.exists() else write(target, buffer.getvalue())
 
 
 class KubeRayHook(RayHook):

@@ -340,15 +340,15 @@ class EvidentlyDriftOperator(LineageMixin, BaseOperator):
 
     def _save(self, context: Context, result: DriftResult, summary: dict[str, Any]) -> dict[str, str]:
         """Write the HTML report, the JSON snapshot and the summary; link the report."""
-        from airflow_provider_mlplat.artifacts import task_artifact_dir, write_json
+        from airflow_provider_mlplat.artifacts import task_artifact_dir, write, write_json
 
         folder = task_artifact_dir(context, "drift")
-        report, snapshot = folder / "report.html", folder / "snapshot.json"
-        report.write_text(result.snapshot.get_html_str(as_iframe=False))
-        snapshot.write_text(result.snapshot.json())
-        uris = {"report_uri": str(report), "snapshot_uri": str(snapshot)}
+        uris = {
+            "report_uri": write(folder / "report.html", result.snapshot.get_html_str(as_iframe=False)),
+            "snapshot_uri": write(folder / "snapshot.json", result.snapshot.json()),
+        }
         write_json(folder / "summary.json", {**summary, **uris})
-        EvidentlyReportLink.persist(context, str(report))
+        EvidentlyReportLink.persist(context, uris["report_uri"])
         return uris
 
     def _pushgateway(self) -> PrometheusHook | None:

@@ -152,9 +152,10 @@ class MLflowEvaluateOperator(BaseOperator):
 
     def _holdout(self):
         import pandas as pd
-        from airflow.sdk import ObjectStoragePath
 
-        path = ObjectStoragePath(str(self.holdout_uri))
+        from airflow_provider_mlplat.artifacts import storage_path
+
+        path = storage_path(str(self.holdout_uri))
         if not path.exists():
             raise MLPlatConfigError(f"holdout_uri {self.holdout_uri!r} does not exist")
         with path.open("rb") as f:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from airflow_provider_mlplat.exceptions import MLPlatConfigError
 from tests.drift_support import (
     FEATURES,
     WINDOW,
+    add_versions,
     context,
     drift_events,
     operator,
@@ -20,6 +22,8 @@ from tests.drift_support import (
 )
 
 pytestmark = pytest.mark.integration
+
+MODEL = "trip_completion"  # the monitoring_pipeline DAG's
 
 
 def test_same_distribution_is_no_drift_and_emits_no_event(drift_env):
@@ -45,33 +49,74 @@ def test_same_distribution_is_no_drift_and_emits_no_event(drift_env):
     assert ctx["ti"].xcoms["_link_EvidentlyReportLink"] == summary["report_uri"]
 
 
-def test_shifted_traffic_is_drift_and_emits_the_drift_event(drift_env):
-    # version 1 served most rows; version 2 (no training-set tag) only a few: the reference is v1's
-    model = register(drift_env["training_set"], versions=2)
-    serve(drift_env["log"], model, {"1": 250, "2": 50}, magnitude=1.0)
-    ctx = context("drift_check")
-    summary = operator("drift_check", model).execute(ctx)
+def drift_events_of_run(run_id: str) -> dict[str, dict]:
+    """Asset URI -> extra of the events a monitoring_pipeline run emitted (from Airflow's DB)."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
 
+    with create_session() as session:
+        rows = session.execute(
+            select(AssetModel.uri, AssetEvent.extra)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetEvent.source_dag_id == "monitoring_pipeline", AssetEvent.source_run_id == run_id)
+        ).all()
+    return dict(rows)
+
+
+def test_monitoring_pipeline_on_object_storage_finds_drift_and_emits_the_event(
+    run_dag, drift_env, s3_store, s3_artifact_root, monkeypatch
+):
+    """The reference DAG end to end with artifact_root on S3: training set read, reports written there."""
+    import os
+
+    bucket, prefix = s3_store.bucket, s3_artifact_root.removeprefix(f"s3://{s3_store.bucket}/")
+    s3 = s3_store.client()
+    s3.put_object(
+        Bucket=bucket, Key=f"{prefix}/training_set.parquet", Body=Path(drift_env["training_set"]).read_bytes()
+    )
+    # version v1 served most rows; v2 (no training-set tag) only a few: the reference is v1's
+    v1, v2 = add_versions(MODEL, f"{s3_artifact_root}/training_set.parquet", 2)
+    serve(drift_env["log"], MODEL, {v1: 250, v2: 50}, magnitude=1.0)
+    for conn in ("kserve", "prometheus"):  # the DAG's default connections, restored afterwards
+        monkeypatch.setenv(
+            f"AIRFLOW_CONN_{conn.upper()}_DEFAULT", os.environ[f"AIRFLOW_CONN_{conn.upper()}_DRIFT"]
+        )
+    window = {"window_start": WINDOW[0].isoformat(), "window_end": WINDOW[1].isoformat()}
+    result = run_dag("monitoring_pipeline", conf=window)
+
+    assert result.states == {"detect_drift": "success"}, result.states
+    summary = result.xcoms["detect_drift"]
     assert summary["detected"] is True
-    assert summary["version"] == "1"
-    assert summary["versions_served"] == {"1": 250, "2": 50}
+    assert (summary["version"], summary["versions_served"]) == (v1, {v1: 250, v2: 50})
+    assert summary["rows_reference"] == 700  # the training set, read from the bucket
     assert {"conv_rate", "avg_speed_kmh", "cancel_rate"} <= set(summary["drifted_features"])
     assert summary["drift_share"] >= 0.5
-    events = drift_events(ctx)
-    assert list(events) == [f"drift://models/{model}"]
-    assert events[f"drift://models/{model}"] == {
-        "model_name": model,
-        "version": "1",
-        "deployment": model.replace("_", "-"),
-        "window_start": WINDOW[0].isoformat(),
-        "window_end": WINDOW[1].isoformat(),
-        "drift_share": summary["drift_share"],
-        "drifted_features": summary["drifted_features"],
-        "report_uri": summary["report_uri"],
+    folder = (
+        f"{prefix}/monitoring_pipeline/{result.run_id.replace(':', '_').replace('+', '_')}/detect_drift/drift"
+    )
+    assert summary["report_uri"] == f"s3://{bucket}/{folder}/report.html"  # plain URIs in XCom
+    assert summary["snapshot_uri"] == f"s3://{bucket}/{folder}/snapshot.json"
+
+    def read(key: str) -> str:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+
+    assert "<html" in read(f"{folder}/report.html")[:1000].lower()
+    assert "DriftedColumnsCount" in read(f"{folder}/snapshot.json")
+    assert json.loads(read(f"{folder}/summary.json"))["report_uri"] == summary["report_uri"]
+    assert drift_events_of_run(result.run_id) == {
+        f"drift://models/{MODEL}": {
+            "model_name": MODEL,
+            "version": v1,
+            "deployment": "trip-completion",
+            **window,
+            "drift_share": summary["drift_share"],
+            "drifted_features": summary["drifted_features"],
+            "report_uri": summary["report_uri"],
+        }
     }
-    assert pushed(drift_env["pushgateway"], model)["mlplat_drift_detected", ""] == 1
-    snapshot = Path(summary["snapshot_uri"].removeprefix("file://")).read_text()
-    assert "DriftedColumnsCount" in snapshot
+    assert pushed(drift_env["pushgateway"], MODEL)["mlplat_drift_detected", ""] == 1
+    assert s3_store.secret_access_key not in json.dumps(result.xcoms)
 
 
 def test_too_little_traffic_is_skipped_not_a_drift(drift_env):

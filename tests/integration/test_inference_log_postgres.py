@@ -19,13 +19,13 @@ from airflow_provider_mlplat.inference_log import (
     read_inference_log,
 )
 from airflow_provider_mlplat.testing.airflow import set_connection
-from airflow_provider_mlplat.testing.services import POSTGRES_ADMIN_URL
+from airflow_provider_mlplat.testing.services import PASSWORD, with_password
+from airflow_provider_mlplat.testing.services import postgres_admin as admin
 from tests.drift_support import context, operator, register, serve
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 3, 10, tzinfo=UTC)
-PASSWORD = "s3cret-pw"
 
 
 def records(count: int, deployment: str = "trips", first: int = 0) -> list[dict[str, Any]]:
@@ -43,20 +43,6 @@ def records(count: int, deployment: str = "trips", first: int = 0) -> list[dict[
         }
         for n in range(first, first + count)
     ]
-
-
-def with_password(url: str) -> str:
-    """The URL with a password (trust auth ignores it): to check it never appears in messages."""
-    return sqlalchemy.make_url(url).set(password=PASSWORD).render_as_string(hide_password=False)
-
-
-def admin(sql: str) -> None:
-    engine = sqlalchemy.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql(sql)
-    finally:
-        engine.dispose()
 
 
 def written(location: str, rows: list[dict[str, Any]]) -> None:

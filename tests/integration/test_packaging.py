@@ -74,8 +74,8 @@ def test_the_provider_requires_airflow_only_and_brings_each_sdk_with_an_extra(wh
     meta = metadata(next(wheels.glob("airflow_provider_mlplat-*.whl")))
     core = [r for r in meta["Requires-Dist"] if "extra ==" not in r]
     assert core == ["apache-airflow>=3.3"]
-    assert set(meta["Provides-Extra"]) == {"mlflow", "feast", "gx", "ray", "kubernetes", "evidently", "openlineage", "all",
-                                           "testing"}  # fmt: skip
+    assert set(meta["Provides-Extra"]) == {"mlflow", "feast", "gx", "ray", "kubernetes", "evidently", "openlineage", "s3",
+                                           "all", "testing"}  # fmt: skip
     assert not [r for r in meta["Requires-Dist"] if "kserve" in r]  # the model server is in no extra
     assert meta["Requires-Python"] == [">=3.11"]
     with zipfile.ZipFile(next(wheels.glob("airflow_provider_mlplat-*.whl"))) as archive:
@@ -99,10 +99,12 @@ def test_the_provider_requires_airflow_only_and_brings_each_sdk_with_an_extra(wh
 
 def test_all_extras_resolve_next_to_airflow_with_uv_and_no_override(wheels, tmp_path):
     bin_dir = venv(tmp_path / "venv")
-    result = uv_pip(bin_dir, "install", "--dry-run", f"{PROVIDER}[all]", AIRFLOW, wheels=wheels)
+    # s3 is outside `all` (plain pip backtracks through boto3 releases for it); uv resolves both at once
+    result = uv_pip(bin_dir, "install", "--dry-run", f"{PROVIDER}[all,s3]", AIRFLOW, wheels=wheels)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"+ {PROVIDER}==0.1.0" in result.stderr and "+ apache-airflow==3.3." in result.stderr
     assert "+ kserve" not in result.stderr and "+ psutil==5" not in result.stderr
+    assert "+ s3fs==" in result.stderr and "+ apache-airflow-providers-amazon==" in result.stderr
 
 
 @pytest.mark.timeout(600)  # pip resolves ~260 packages: 70 s on a quiet machine, 210 s on a loaded one
