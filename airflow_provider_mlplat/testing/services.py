@@ -173,7 +173,7 @@ def s3_server(home: Path, bucket: str = "mlplat-artifacts") -> Iterator[S3Store]
     import boto3
     import httpx
 
-    from tests.waiting import wait_for
+    from airflow_provider_mlplat.testing.waiting import wait_for
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
