@@ -18,7 +18,9 @@ ACTION_DAGS = {
 PREVIOUS_ALIAS = "previous-champion"
 
 
-def plan_action(action: str, model: str, body: dict[str, Any], mlflow: MLflowHook) -> tuple[str, dict[str, Any]]:
+def plan_action(
+    action: str, model: str, body: dict[str, Any], mlflow: MLflowHook
+) -> tuple[str, dict[str, Any]]:
     """
     The DAG and run conf of an action, checked against the registry before anything starts.
 

@@ -49,7 +49,9 @@ class UserAirflowAPI:
         body = {"logical_date": datetime.now(UTC).isoformat(), "conf": conf}
         return self._call("POST", f"/dags/{dag_id}/dagRuns", json=body)
 
-    def asset_events(self, uri_prefix: str, before: str | None = None, limit: int = 1) -> list[dict[str, Any]]:
+    def asset_events(
+        self, uri_prefix: str, before: str | None = None, limit: int = 1
+    ) -> list[dict[str, Any]]:
         """
         The newest events of the assets whose URI starts with a prefix.
 

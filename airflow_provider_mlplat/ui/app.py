@@ -65,9 +65,24 @@ def model_json(name: str, request: Request, user: Any = Depends(current_user)) -
     return _model_json(name, request)
 
 
+async def json_body(request: Request) -> dict[str, Any]:
+    """
+    FastAPI dependency: an action's JSON object body. Only JSON: a cross-site form cannot send it
+    without a CORS preflight, so the UI's cookie cannot be used for CSRF.
+
+    :param request: the incoming request.
+    """
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "actions take a JSON object body")
+    body = await request.json() if await request.body() else {}
+    if not isinstance(body, dict):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"the body must be a JSON object, got {body!r}")
+    return body
+
+
 @app.post("/api/models/{name}/actions/{action}")
-def run_action(name: str, action: str, request: Request, body: dict[str, Any] | None = None,
-               user: Any = Depends(current_user)) -> JSONResponse:  # fmt: skip
+def run_action(name: str, action: str, request: Request, user: Any = Depends(current_user),
+               body: dict[str, Any] = Depends(json_body)) -> JSONResponse:  # fmt: skip
     """
     Start the DAG run of an action as the logged-in user: 401 without a login, 403 when the user may
     not trigger that DAG, 400 naming the bad input, else the run Airflow started.
@@ -76,21 +91,26 @@ def run_action(name: str, action: str, request: Request, body: dict[str, Any] | 
 
     from airflow_provider_mlplat.ui.actions import ACTION_DAGS, plan_action
 
-    if not request.headers.get("content-type", "").startswith("application/json"):
-        # a cross-site form cannot send JSON without a CORS preflight: no cookie-driven CSRF
-        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "actions take a JSON body")
     if action in ACTION_DAGS:
         require_trigger(user, ACTION_DAGS[action])
     reader = _reader(request)
     try:
-        dag_id, conf = plan_action(action, name, body or {}, reader.mlflow)
+        dag_id, conf = plan_action(action, name, body, reader.mlflow)
         run = reader.airflow.trigger(dag_id, conf)
     except MLPlatConfigError as err:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(err)) from None
     except httpx.HTTPStatusError as err:
-        raise HTTPException(err.response.status_code, f"Airflow refused the run: {err.response.text}") from None
+        raise HTTPException(
+            err.response.status_code, f"Airflow refused the run: {err.response.text}"
+        ) from None
     return JSONResponse(
-        {"action": action, "dag_id": dag_id, "dag_run_id": run["dag_run_id"], "conf": conf, "state": run["state"]},
+        {
+            "action": action,
+            "dag_id": dag_id,
+            "dag_run_id": run["dag_run_id"],
+            "conf": conf,
+            "state": run["state"],
+        },
         status_code=status.HTTP_201_CREATED,
     )
 
@@ -119,7 +139,9 @@ def open_service(service: str, user: Any = Depends(current_user)) -> RedirectRes
     from airflow.sdk import BaseHook
 
     if service not in SERVICE_CONNECTIONS:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown service {service!r}; valid: {', '.join(SERVICE_CONNECTIONS)}")
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"unknown service {service!r}; valid: {', '.join(SERVICE_CONNECTIONS)}"
+        )
     conn_id = SERVICE_CONNECTIONS[service]
     try:
         host = (BaseHook.get_connection(conn_id).host or "").rstrip("/")

@@ -221,7 +221,11 @@ class ModelsReader:
         """
         from airflow_provider_mlplat.hooks.mlflow import DRIFT_TAG
 
-        checks = [{"version": v["version"], **json.loads(v["tags"][DRIFT_TAG])} for v in versions if DRIFT_TAG in v["tags"]]
+        checks = [
+            {"version": v["version"], **json.loads(v["tags"][DRIFT_TAG])}
+            for v in versions
+            if DRIFT_TAG in v["tags"]
+        ]
         return max(checks, key=lambda c: c["window_end"]) if checks else None
 
     def lineage(

@@ -34,7 +34,9 @@ def airflow(tmp_path_factory):
         api = platform.airflow_client()
         api.wait_for_dag("deployment_pipeline")
         down = f"http://127.0.0.1:{free_port()}"  # a model server that is down
-        api.http.post("/connections", json={"connection_id": "kserve_default", "conn_type": "kserve", "host": down}).raise_for_status()
+        api.http.post(
+            "/connections", json={"connection_id": "kserve_default", "conn_type": "kserve", "host": down}
+        ).raise_for_status()
         yield {
             "base": base,
             "admin": login(base, "admin", sec["airflow_admin_password"]),
@@ -76,7 +78,9 @@ def test_the_view_lists_newest_and_aliased_versions_and_a_broken_part_names_its_
     assert parts["serving"]["value"] is None and airflow["down"] in parts["serving"]["error"]
     assert parts["rollout"] == {"value": None, "error": None}
     html = call(airflow, "GET", f"/models/{MODEL}", "viewer").text
-    assert "Serving could not be read" in html and 'data-version="12"' in html and "@previous-champion" in html
+    assert (
+        "Serving could not be read" in html and 'data-version="12"' in html and "@previous-champion" in html
+    )
 
     unknown = call(airflow, "GET", "/api/models/no_such_model", "viewer").json()
     assert "registered model 'no_such_model' not found" in unknown["registry"]["error"]
@@ -84,7 +88,13 @@ def test_the_view_lists_newest_and_aliased_versions_and_a_broken_part_names_its_
 
 
 def test_actions_start_runs_as_the_user_and_bad_input_is_named(airflow):
-    bad = call(airflow, "POST", f"/api/models/{MODEL}/actions/promote", "admin", json={"version": "99", "holdout_uri": "/h"})
+    bad = call(
+        airflow,
+        "POST",
+        f"/api/models/{MODEL}/actions/promote",
+        "admin",
+        json={"version": "99", "holdout_uri": "/h"},
+    )
     assert bad.status_code == 400 and "has no version 99" in bad.json()["detail"]
     bad = call(airflow, "POST", f"/api/models/{MODEL}/actions/promote", "admin", json={"version": "x"})
     assert bad.status_code == 400 and "version='x' must be a version number" in bad.json()["detail"]
