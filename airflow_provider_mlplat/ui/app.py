@@ -118,9 +118,9 @@ def run_action(name: str, action: str, request: Request, user: Any = Depends(cur
 @app.get("/reports", response_class=HTMLResponse)
 def report(uri: str, user: Any = Depends(current_user)) -> HTMLResponse:
     """A drift report (HTML) from artifact storage, local or object storage; nothing outside it."""
-    from airflow_provider_mlplat.artifacts import artifact_root
-
     from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_mlplat.artifacts import artifact_root
 
     root = str(artifact_root()).rstrip("/") + "/"
     path = ObjectStoragePath(uri if "://" in uri else f"file://{uri}")
