@@ -13,6 +13,7 @@ from typing import Any
 
 from airflow.sdk import AssetAlias, BaseOperator
 
+from airflow_provider_mlplat.approval import read_answer, request_approval, rollout_evidence
 from airflow_provider_mlplat.assets import kserve_asset, mlflow_model_asset
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, RolloutFailed
 from airflow_provider_mlplat.hooks.kserve import (
@@ -206,6 +207,9 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
     :param skip_analysis: shift through the steps without the Prometheus gate (the gate is on by default).
     :param smoke_input: rows for the smoke request (default: the model's input example).
     :param restore_alias: move ``champion`` back to ``previous-champion`` when the rollout fails.
+    :param require_approval: ask a person (Airflow's HITL, with the canary figures) before the last
+        canary step; a rejection rolls the canary back and is recorded, the task does not fail.
+    :param approval_timeout: seconds to wait for the answer (then: rejected); None waits for ever.
     :param ready_timeout: seconds each step may take to become ready.
     :param poll_interval: seconds between readiness polls.
     :param predictor: extra InferenceService predictor fields on Kubernetes (``resources``,
@@ -225,6 +229,7 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
         "canary_steps",
         "analysis",
         "smoke_input",
+        "require_approval",
     )
 
     def __init__(
@@ -241,6 +246,8 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
         skip_analysis: bool = False,
         smoke_input: list[dict[str, Any]] | None = None,
         restore_alias: bool = True,
+        require_approval: bool = False,
+        approval_timeout: float | None = None,
         ready_timeout: float = 600,
         poll_interval: float = 5,
         predictor: Mapping[str, Any] | None = None,
@@ -261,6 +268,8 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
         self.skip_analysis = skip_analysis
         self.smoke_input = smoke_input
         self.restore_alias = restore_alias
+        self.require_approval = require_approval
+        self.approval_timeout = approval_timeout
         self.ready_timeout = ready_timeout
         self.poll_interval = poll_interval
         self.predictor = predictor
@@ -458,6 +467,15 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
         model = ModelVersionRef(**plan["model"])
         percent = plan["steps"][index]
         if percent == 100:
+            if self.require_approval and len(plan["steps"]) > 1 and "approval" not in plan:
+                request_approval(
+                    context,
+                    subject=f"Send all traffic of {plan['deployment']} to {model.model_name} v{model.version}?",
+                    evidence=rollout_evidence(plan),
+                    method_name="execute_approval",
+                    carry=plan,
+                    timeout=self.approval_timeout,
+                )
             self.log.info("promoting %s v%s", model.model_name, model.version)
             return self._wait(
                 context, plan, "promote", target.promote(plan["deployment"], model, plan["stable"])
@@ -467,6 +485,26 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
         hold = plan["analysis"]["window_seconds"] if plan["analysis"] else 0
         self.log.info("canary at %s%%; holding %.0f s for analysis", percent, hold)
         return self._wait(context, plan, "step", expect, hold)
+
+    def execute_approval(self, context: Any, carry: dict[str, Any], event: dict[str, Any]):
+        """
+        Resume with the person's answer before the last step: promote, or roll the canary back and
+        record the rejection (the task succeeds with outcome ``rejected``).
+
+        :param context: the task's context.
+        :param carry: the rollout plan.
+        :param event: the HITL answer.
+        """
+        plan = self._plan = carry
+        plan["approval"] = read_answer(event)
+        if plan["approval"]["verdict"] == "approved":
+            with self._rollback_on_error(context, plan):
+                return self._next(context, plan, make_target(plan["target"]), len(plan["steps"]) - 1)
+        try:
+            self._fail(context, plan, f"the last step was {plan['approval']['detail']}")
+        except RolloutFailed as rejected:
+            return {"outcome": "rejected", "deployment": plan["deployment"], "version": plan["model"]["version"],
+                    "approval": plan["approval"], "detail": str(rejected)}  # fmt: skip
 
     def _smoke(self, plan: dict[str, Any], target: RolloutTarget) -> dict[str, Any]:
         rows = plan["smoke_rows"]
