@@ -41,6 +41,7 @@ def request_approval(
         body=body,
         defaults=[REJECT] if timeout else None,
         multiple=False,
+        params={},  # no form: the answer is the option
     )
     raise TaskAwaitingInput(
         method_name=method_name,
@@ -82,3 +83,19 @@ def rollout_evidence(plan: dict[str, Any]) -> dict[str, Any]:
             {"percent": e["percent"], **e["analysis"]} for e in plan["history"] if e.get("analysis")
         ],
     }
+
+
+def approval_flag(value: Any) -> bool:
+    """
+    A ``require_approval`` setting as rendered from a template or a Param: a bool, or ``"true"`` /
+    ``"false"`` (any case); anything else is an error naming the value.
+
+    :param value: the setting.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    from airflow_provider_mlplat.exceptions import MLPlatConfigError
+
+    raise MLPlatConfigError(f"require_approval={value!r} must be true or false")

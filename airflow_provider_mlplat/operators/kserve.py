@@ -13,7 +13,7 @@ from typing import Any
 
 from airflow.sdk import AssetAlias, BaseOperator
 
-from airflow_provider_mlplat.approval import read_answer, request_approval, rollout_evidence
+from airflow_provider_mlplat.approval import approval_flag, read_answer, request_approval, rollout_evidence
 from airflow_provider_mlplat.assets import kserve_asset, mlflow_model_asset
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, RolloutFailed
 from airflow_provider_mlplat.hooks.kserve import (
@@ -467,7 +467,7 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
         model = ModelVersionRef(**plan["model"])
         percent = plan["steps"][index]
         if percent == 100:
-            if self.require_approval and len(plan["steps"]) > 1 and "approval" not in plan:
+            if len(plan["steps"]) > 1 and "approval" not in plan and approval_flag(self.require_approval):
                 request_approval(
                     context,
                     subject=f"Send all traffic of {plan['deployment']} to {model.model_name} v{model.version}?",

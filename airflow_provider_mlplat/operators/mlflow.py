@@ -328,7 +328,7 @@ class MLflowPromoteModelOperator(LineageMixin, BaseOperator):
         return self._promote(context, approval=answer)
 
     def _promote(self, context: Context, approval: dict[str, Any] | None) -> dict[str, Any]:
-        from airflow_provider_mlplat.approval import request_approval
+        from airflow_provider_mlplat.approval import approval_flag, request_approval
         from airflow_provider_mlplat.artifacts import task_artifact_dir, write_json
         from airflow_provider_mlplat.promotion import Promotion, PromotionGates
 
@@ -351,8 +351,6 @@ class MLflowPromoteModelOperator(LineageMixin, BaseOperator):
             name = f"decision-{self.model_name}-v{record['challenger']['version']}.json"
             return write_json(task_artifact_dir(context, "promotion") / name, record)
 
-        if self.require_approval not in (True, False):
-            raise MLPlatConfigError(f"require_approval={self.require_approval!r} must be true or false")
         evidence = dict(self.evidence or {})
         if approval is not None:
             evidence["human_approval"] = approval
@@ -368,7 +366,7 @@ class MLflowPromoteModelOperator(LineageMixin, BaseOperator):
             previous_alias=self.previous_alias,
             lock_timeout=self.lock_timeout,
         )
-        if self.require_approval and approval is None:
+        if approval is None and approval_flag(self.require_approval):
             preview = promotion.preview()
             if preview is not None and preview["decision"] == "promoted":
                 request_approval(

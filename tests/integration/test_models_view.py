@@ -1,14 +1,39 @@
-"""The Models view of the UI plugin in a real Airflow API server: auth, parts that fail alone, actions."""
+"""The Models view of the UI plugin and human approval (HITL) in a real Airflow: auth, parts, actions."""
 
 from __future__ import annotations
+
+import json
+import time
+from contextlib import ExitStack
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.services import free_port, running_platform
+from airflow_provider_mlplat.ui.actions import ACTION_DAGS
+from tests.conftest import REPO, unavailable
+from tests.services import free_port, postgres_database, running_platform
 
 pytestmark = pytest.mark.integration
 MODEL = "view_model"
+GATED = "gated_model"
+#: a promotion that asks a person: the reference DAGs' Param, on, with a version chosen per run
+APPROVAL_DAG = (
+    """
+from airflow.sdk import Param, dag
+from airflow_provider_mlplat.operators.mlflow import MLflowPromoteModelOperator
+
+@dag(schedule=None, render_template_as_native_obj=True, params={"challenger": Param("1", type="string")})
+def gated_promotion():
+    MLflowPromoteModelOperator(
+        task_id="promote", model_name="%s", challenger="{{ params.challenger }}",
+        thresholds={"roc_auc": 0.7}, require_approval="{{ True }}",
+    )
+
+gated_promotion()
+"""
+    % GATED
+)
 
 
 def login(base: str, user: str, password: str) -> str:
@@ -22,7 +47,22 @@ def airflow(tmp_path_factory):
     """Airflow (with the provider's plugin) and MLflow of the local platform; a model with 12 versions."""
     import mlflow
 
-    with running_platform(tmp_path_factory.mktemp("view"), ("mlflow", "airflow")) as platform:
+    import sqlalchemy
+
+    home = tmp_path_factory.mktemp("view")
+    dags = home / "dags"  # the DAGs the actions run (none runs on a timer) and one that asks for approval
+    dags.mkdir()
+    for dag_id in ACTION_DAGS.values():
+        (dags / f"{dag_id}.py").symlink_to(REPO / "dags" / f"{dag_id}.py")
+    (dags / "gated_promotion.py").write_text(APPROVAL_DAG)
+    with ExitStack() as stack:
+        try:  # PostgreSQL: a task waiting for a person and the REST API write at once
+            db = stack.enter_context(postgres_database())
+        except sqlalchemy.exc.OperationalError as err:
+            unavailable(f"PostgreSQL is not reachable: {err.orig}")
+        platform = stack.enter_context(
+            running_platform(home, ("mlflow", "airflow"), dags_folder=dags, airflow_db_url=db)
+        )
         s, sec = platform.settings, platform.secrets()
         client = mlflow.MlflowClient(f"http://127.0.0.1:{s.mlflow_port}")
         client.create_registered_model(MODEL)
@@ -33,6 +73,12 @@ def airflow(tmp_path_factory):
         base = f"http://127.0.0.1:{s.airflow_port}"
         api = platform.airflow_client()
         api.wait_for_dag("deployment_pipeline")
+        api.wait_for_dag("gated_promotion")
+        client.create_registered_model(GATED)
+        for roc_auc in (0.9, 0.95):  # versions with a run holding the metric the gate reads
+            run = client.create_run("0")
+            client.log_metric(run.info.run_id, "roc_auc", roc_auc)
+            client.create_model_version(GATED, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
         down = f"http://127.0.0.1:{free_port()}"  # a model server that is down
         api.http.post(
             "/connections", json={"connection_id": "kserve_default", "conn_type": "kserve", "host": down}
@@ -43,6 +89,7 @@ def airflow(tmp_path_factory):
             "viewer": login(base, "viewer", sec["airflow_viewer_password"]),
             "api": api,
             "down": down,
+            "mlflow": client,
         }
 
 
@@ -118,3 +165,53 @@ def test_reports_are_served_from_the_artifact_root_only(airflow):
     assert call(airflow, "GET", "/open/nothing", "viewer").status_code == 404
     opened = call(airflow, "GET", "/open/mlflow", "viewer", follow_redirects=False)
     assert opened.status_code == 307 and opened.headers["location"].startswith("http://127.0.0.1:")
+
+
+def awaiting_approval(api, run_id: str, timeout: float = 240) -> dict:
+    """Wait until the run's promote task asks for approval; return its HITL detail."""
+    path = f"/dags/gated_promotion/dagRuns/{run_id}/taskInstances/promote"
+    deadline = time.monotonic() + timeout
+    while (state := api.http.get(path).json().get("state")) != "awaiting_input":
+        assert state not in ("failed", "success", "upstream_failed"), state
+        assert time.monotonic() < deadline, f"promote still {state} after {timeout} s"
+        time.sleep(1)
+    return api.http.get(f"{path}/-1/hitlDetails").json()
+
+
+def answer(airflow, run_id: str, user: str, option: str) -> httpx.Response:
+    return httpx.patch(
+        f"{airflow['base']}/api/v2/dags/gated_promotion/dagRuns/{run_id}/taskInstances/promote/-1/hitlDetails",
+        headers={"Authorization": f"Bearer {airflow[user]}"},
+        json={"chosen_options": [option], "params_input": {}},
+        timeout=30,
+    )
+
+
+@pytest.mark.timeout(600)  # two runs that wait for a person: ~1 min measured
+def test_promotion_waits_for_approval_and_a_rejection_is_a_recorded_decision(airflow):
+    api, client = airflow["api"], airflow["mlflow"]
+    approved = api.trigger("gated_promotion", {"challenger": "1"})
+    detail = awaiting_approval(api, approved)
+    assert detail["subject"] == f"Promote {GATED} v1 to @champion?"
+    assert '"roc_auc": 0.9' in detail["body"] and '"decision": "promoted"' in detail["body"]  # the evidence
+    assert dict(client.get_registered_model(GATED).aliases) == {}  # nothing moved while it waits
+    assert answer(airflow, approved, "viewer", "Approve").status_code == 403  # may read, not answer
+    assert answer(airflow, approved, "admin", "Approve").status_code == 200
+    assert api.wait_for_run("gated_promotion", approved, timeout=240)["state"] == "success"
+    assert dict(client.get_registered_model(GATED).aliases) == {"champion": "1"}
+
+    rejected = api.trigger("gated_promotion", {"challenger": "2"})
+    awaiting_approval(api, rejected)
+    assert answer(airflow, rejected, "admin", "Reject").status_code == 200
+    run = api.wait_for_run("gated_promotion", rejected, timeout=240)
+    assert run["state"] == "success"  # a decision, not a crash
+    assert dict(client.get_registered_model(GATED).aliases) == {"champion": "1"}  # no alias moved
+    result = api.xcom("gated_promotion", rejected, "promote")
+    assert result["decision"] == "rejected" and result["champion_moved"] is False
+    assert "evidence 'human_approval' says 'rejected'" in result["reasons"]
+    record = json.loads(Path(result["record_uri"].removeprefix("file://")).read_text())
+    assert record["evidence"]["human_approval"]["by"] == "admin"
+    # the Models view shows the recorded rejection as the last promotion decision
+    promotion = call(airflow, "GET", f"/api/models/{GATED}", "viewer").json()["promotion"]["value"]
+    assert (promotion["version"], promotion["decision"]) == ("2", "rejected")
+    assert promotion["evidence"]["human_approval"]["verdict"] == "rejected"
