@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from airflow_provider_mlplat.exceptions import MLPlatConfigError
 from airflow_provider_mlplat.ui.auth import current_user, require_trigger
 
-URL_PREFIX = "/mlplat"
+URL_PREFIX = "/mlplat"  # links.evidently.REPORTS_PATH lives under it
 TEMPLATES = Path(__file__).parent / "templates"
 #: service -> the connection whose host the external view opens
 SERVICE_CONNECTIONS = {

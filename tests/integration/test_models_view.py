@@ -18,22 +18,19 @@ pytestmark = pytest.mark.integration
 MODEL = "view_model"
 GATED = "gated_model"
 #: a promotion that asks a person: the reference DAGs' Param, on, with a version chosen per run
-APPROVAL_DAG = (
-    """
+APPROVAL_DAG = """
 from airflow.sdk import Param, dag
 from airflow_provider_mlplat.operators.mlflow import MLflowPromoteModelOperator
 
 @dag(schedule=None, render_template_as_native_obj=True, params={"challenger": Param("1", type="string")})
 def gated_promotion():
     MLflowPromoteModelOperator(
-        task_id="promote", model_name="%s", challenger="{{ params.challenger }}",
+        task_id="promote", model_name="GATED", challenger="{{ params.challenger }}",
         thresholds={"roc_auc": 0.7}, require_approval="{{ True }}",
     )
 
 gated_promotion()
-"""
-    % GATED
-)
+""".replace("GATED", GATED)
 
 
 def login(base: str, user: str, password: str) -> str:
@@ -46,7 +43,6 @@ def login(base: str, user: str, password: str) -> str:
 def airflow(tmp_path_factory):
     """Airflow (with the provider's plugin) and MLflow of the local platform; a model with 12 versions."""
     import mlflow
-
     import sqlalchemy
 
     home = tmp_path_factory.mktemp("view")
@@ -172,10 +168,24 @@ def awaiting_approval(api, run_id: str, timeout: float = 240) -> dict:
     path = f"/dags/gated_promotion/dagRuns/{run_id}/taskInstances/promote"
     deadline = time.monotonic() + timeout
     while (state := api.http.get(path).json().get("state")) != "awaiting_input":
-        assert state not in ("failed", "success", "upstream_failed"), state
+        assert state not in ("failed", "success", "upstream_failed"), promote_log(api, run_id)
         assert time.monotonic() < deadline, f"promote still {state} after {timeout} s"
         time.sleep(1)
     return api.http.get(f"{path}/-1/hitlDetails").json()
+
+
+def finished(api, run_id: str) -> str:
+    """Wait for a run of the gated DAG; its state, with the promote task's log when it did not succeed."""
+    run = api.wait_for_run("gated_promotion", run_id, timeout=240)
+    return "success" if run["state"] == "success" else f"{run['state']}: {promote_log(api, run_id)}"
+
+
+def promote_log(api, run_id: str) -> str:
+    """The end of the promote task's log of each try (for failure messages)."""
+    path = f"/dags/gated_promotion/dagRuns/{run_id}/taskInstances/promote"
+    tries = api.http.get(path).json()["try_number"]
+    logs = [api.http.get(f"{path}/logs/{n}", headers={"Accept": "text/plain"}) for n in range(1, tries + 1)]
+    return "\n".join(log.text[-3000:] for log in logs)
 
 
 def answer(airflow, run_id: str, user: str, option: str) -> httpx.Response:
@@ -197,14 +207,13 @@ def test_promotion_waits_for_approval_and_a_rejection_is_a_recorded_decision(air
     assert dict(client.get_registered_model(GATED).aliases) == {}  # nothing moved while it waits
     assert answer(airflow, approved, "viewer", "Approve").status_code == 403  # may read, not answer
     assert answer(airflow, approved, "admin", "Approve").status_code == 200
-    assert api.wait_for_run("gated_promotion", approved, timeout=240)["state"] == "success"
+    assert finished(api, approved) == "success"
     assert dict(client.get_registered_model(GATED).aliases) == {"champion": "1"}
 
     rejected = api.trigger("gated_promotion", {"challenger": "2"})
     awaiting_approval(api, rejected)
     assert answer(airflow, rejected, "admin", "Reject").status_code == 200
-    run = api.wait_for_run("gated_promotion", rejected, timeout=240)
-    assert run["state"] == "success"  # a decision, not a crash
+    assert finished(api, rejected) == "success"  # a decision, not a crash
     assert dict(client.get_registered_model(GATED).aliases) == {"champion": "1"}  # no alias moved
     result = api.xcom("gated_promotion", rejected, "promote")
     assert result["decision"] == "rejected" and result["champion_moved"] is False
