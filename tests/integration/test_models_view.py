@@ -181,11 +181,13 @@ def finished(api, run_id: str) -> str:
 
 
 def promote_log(api, run_id: str) -> str:
-    """The end of the promote task's log of each try (for failure messages)."""
+    """The promote task's log of each try, events and errors (for failure messages)."""
     path = f"/dags/gated_promotion/dagRuns/{run_id}/taskInstances/promote"
-    tries = api.http.get(path).json()["try_number"]
-    logs = [api.http.get(f"{path}/logs/{n}", headers={"Accept": "text/plain"}) for n in range(1, tries + 1)]
-    return "\n".join(log.text[-3000:] for log in logs)
+    lines = []
+    for attempt in range(1, api.http.get(path).json()["try_number"] + 1):
+        for line in api.http.get(f"{path}/logs/{attempt}").json()["content"]:
+            lines.append(f"{line.get('event')} {line.get('error_detail') or ''}"[:3000])
+    return "\n".join(lines)
 
 
 def answer(airflow, run_id: str, user: str, option: str) -> httpx.Response:
