@@ -125,6 +125,7 @@ _EXTRA_LINKS: list[str] = [
     "links.mlflow.MLflowModelVersionLink",
     "links.ray.RayJobLink",
     "links.evidently.EvidentlyReportLink",
+    "links.kserve.KServeEndpointLink",
 ]
 
 

@@ -24,6 +24,7 @@ from airflow_provider_mlplat.hooks.kserve import (
     make_target,
 )
 from airflow_provider_mlplat.lineage import LineageDataset, LineageMixin
+from airflow_provider_mlplat.links.kserve import KServeEndpointLink
 
 #: the alias through which rollouts emit ``kserve://<namespace>/<name>`` (namespace known at run time)
 ROLLOUT_ALIAS = "kserve-rollout"
@@ -231,6 +232,7 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
         "smoke_input",
         "require_approval",
     )
+    operator_extra_links = (KServeEndpointLink(),)
 
     def __init__(
         self,
@@ -580,6 +582,8 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
         facts = target.describe(plan["deployment"])
         asset = kserve_asset(target.namespace, plan["deployment"])
         uri = self._record(context, {**plan, "outcome": outcome, **facts})
+        if facts.get("url"):
+            KServeEndpointLink.persist(context, facts["url"])
         summary = {
             "deployment": plan["deployment"],
             "namespace": target.namespace,
