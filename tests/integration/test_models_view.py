@@ -86,6 +86,7 @@ def airflow(tmp_path_factory):
             "api": api,
             "down": down,
             "mlflow": client,
+            "scheduler_log": home / "logs" / "airflow-scheduler.log",
         }
 
 
@@ -163,11 +164,18 @@ def test_reports_are_served_from_the_artifact_root_only(airflow):
     assert opened.status_code == 307 and opened.headers["location"].startswith("http://127.0.0.1:")
 
 
-def awaiting_approval(api, run_id: str, timeout: float = 240) -> dict:
-    """Wait until the run's promote task asks for approval; return its HITL detail."""
-    path = f"/dags/gated_promotion/dagRuns/{run_id}/taskInstances/promote"
+def awaiting_approval(airflow, run_id: str, timeout: float = 240) -> dict:
+    """
+    Wait until the run's promote task asks for approval and the scheduler has processed the exit of
+    the process that parked it; return its HITL detail. (Answering before that loses a race in
+    Airflow 3.3: the late "success" of the parked process fails the resumed task.)
+    """
+    api, path = airflow["api"], f"/dags/gated_promotion/dagRuns/{run_id}/taskInstances/promote"
+    parked = f"TaskInstance Finished: dag_id=gated_promotion, task_id=promote, run_id={run_id},"
     deadline = time.monotonic() + timeout
-    while (state := api.http.get(path).json().get("state")) != "awaiting_input":
+    while (state := api.http.get(path).json().get("state")) != "awaiting_input" or (
+        parked not in airflow["scheduler_log"].read_text()
+    ):
         assert state not in ("failed", "success", "upstream_failed"), promote_log(api, run_id)
         assert time.monotonic() < deadline, f"promote still {state} after {timeout} s"
         time.sleep(1)
@@ -203,7 +211,7 @@ def answer(airflow, run_id: str, user: str, option: str) -> httpx.Response:
 def test_promotion_waits_for_approval_and_a_rejection_is_a_recorded_decision(airflow):
     api, client = airflow["api"], airflow["mlflow"]
     approved = api.trigger("gated_promotion", {"challenger": "1"})
-    detail = awaiting_approval(api, approved)
+    detail = awaiting_approval(airflow, approved)
     assert detail["subject"] == f"Promote {GATED} v1 to @champion?"
     assert '"roc_auc": 0.9' in detail["body"] and '"decision": "promoted"' in detail["body"]  # the evidence
     assert dict(client.get_registered_model(GATED).aliases) == {}  # nothing moved while it waits
@@ -213,7 +221,7 @@ def test_promotion_waits_for_approval_and_a_rejection_is_a_recorded_decision(air
     assert dict(client.get_registered_model(GATED).aliases) == {"champion": "1"}
 
     rejected = api.trigger("gated_promotion", {"challenger": "2"})
-    awaiting_approval(api, rejected)
+    awaiting_approval(airflow, rejected)
     assert answer(airflow, rejected, "admin", "Reject").status_code == 200
     assert finished(api, rejected) == "success"  # a decision, not a crash
     assert dict(client.get_registered_model(GATED).aliases) == {"champion": "1"}  # no alias moved
