@@ -137,6 +137,7 @@ _EXTRA_LINKS: list[str] = [
     "links.mlflow.MLflowModelVersionLink",
     "links.ray.RayJobLink",
     "links.evidently.EvidentlyReportLink",
+    "links.kserve.KServeEndpointLink",
 ]
 
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 TAG_DECISION = "mlplat.promotion.decision"
 TAG_REASONS = "mlplat.promotion.reasons"
 TAG_AUDIT = "mlplat.promotion.audit"
-PASSING_WORDS = {"passed", "pass", "success", "succeeded", "ok", "no_drift", "valid"}
+PASSING_WORDS = {"passed", "pass", "success", "succeeded", "ok", "no_drift", "valid", "approved"}
 FAILING_WORDS = {"failed", "fail", "failure", "drift", "drift_detected", "invalid", "rejected"}
 
 
@@ -285,11 +285,7 @@ class Promotion:
                 record_uri=audit.get("record"),
                 champion=challenger.version,
             )
-        chal = hook.version_metrics(challenger, self.gates.challenger_metrics)
-        champ = hook.version_metrics(champion, self.gates.compared_metrics) if champion else None
-        metrics = {m: chal["metrics"][m] for m in self.gates.challenger_metrics}
-        champion_metrics = {m: champ["metrics"][m] for m in self.gates.compared_metrics} if champ else None
-        outcome = decide(self.gates, metrics, champion_metrics, self.evidence)
+        chal, champ, metrics, champion_metrics, outcome = self._judge(challenger, champion)
         champion_version = champion.version if champion else None
         fingerprint = _fingerprint(
             challenger.version, champion_version, metrics, champion_metrics, self.gates, self.evidence
@@ -314,6 +310,40 @@ class Promotion:
             reasons=outcome["reasons"],
             record_uri=record_uri,
             champion=challenger.version if moved else champion_version,
+        )
+
+    def preview(self) -> dict[str, Any] | None:
+        """
+        The decision the gates would make now, with nothing written; None when the challenger is
+        already the champion.
+        """
+        challenger = self.hook.model_version(self.model_name, self.challenger)
+        champion = self.hook.alias_target(self.model_name, self.champion_alias)
+        if champion is not None and champion.version == challenger.version:
+            return None
+        _, _, metrics, champion_metrics, outcome = self._judge(challenger, champion)
+        return {
+            "model_name": self.model_name,
+            "version": challenger.version,
+            "champion_version": champion.version if champion else None,
+            "metrics": metrics,
+            "champion_metrics": champion_metrics,
+            "gates": asdict(self.gates),
+            **outcome,
+        }
+
+    def _judge(self, challenger, champion) -> tuple[dict, dict | None, dict, dict | None, dict]:
+        """Both versions' metrics (runs and the gated values) and the gates' outcome."""
+        chal = self.hook.version_metrics(challenger, self.gates.challenger_metrics)
+        champ = self.hook.version_metrics(champion, self.gates.compared_metrics) if champion else None
+        metrics = {m: chal["metrics"][m] for m in self.gates.challenger_metrics}
+        champion_metrics = {m: champ["metrics"][m] for m in self.gates.compared_metrics} if champ else None
+        return (
+            chal,
+            champ,
+            metrics,
+            champion_metrics,
+            decide(self.gates, metrics, champion_metrics, self.evidence),
         )
 
     def _record(self, challenger, chal, champion_version, champ, outcome, fingerprint) -> str:

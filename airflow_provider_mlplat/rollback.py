@@ -65,7 +65,7 @@ def write_record(plan: RolloutPlan, facts: dict[str, Any]) -> str:
     return write_json(task_artifact_dir(context) / "rollout_decision.json", record)
 
 
-def roll_back(plan: RolloutPlan, reason: str) -> tuple[str, str]:
+def roll_back(plan: RolloutPlan, reason: str, outcome: str = "rolled_back") -> tuple[str, str]:
     """
     Undo a rollout once: traffic back to the stable version, the alias back, the version tagged
     ``rolled_back`` and one decision record written. Each part runs even when an earlier one failed
@@ -73,6 +73,7 @@ def roll_back(plan: RolloutPlan, reason: str) -> tuple[str, str]:
 
     :param plan: the rollout, as far as it got.
     :param reason: why it is rolled back.
+    :param outcome: the decision record's outcome (``rejected`` when a person said no).
     """
     from airflow_provider_mlplat.hooks.kserve import make_target
 
@@ -90,7 +91,7 @@ def roll_back(plan: RolloutPlan, reason: str) -> tuple[str, str]:
         lambda: make_target(plan.target).rollback(plan.deployment, model, plan.stable, plan.previous),
     )
     alias = attempt("alias restore", lambda: restore_alias(plan.aliases, model))
-    facts = {"outcome": "rolled_back", "reason": reason, "rollback": rolled_back, "alias": alias}
+    facts = {"outcome": outcome, "reason": reason, "rollback": rolled_back, "alias": alias}
     uri = attempt("decision record", lambda: write_record(plan, facts))
     attempt(
         "tagging",

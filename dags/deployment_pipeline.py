@@ -39,6 +39,9 @@ MODEL = "trip_completion"
         "strategy": Param("canary", enum=["canary", "direct"]),
         "canary_steps": Param([10, 50, 100], type="array", items={"type": "integer"}),
         "analysis": Param({}, type="object", description="CanaryAnalysis overrides"),
+        "require_approval": Param(
+            False, type="boolean", description="ask a person (Required Actions) before the last canary step"
+        ),
     },
 )
 def deployment_pipeline():
@@ -50,6 +53,7 @@ def deployment_pipeline():
         canary_steps="{{ params.canary_steps }}",
         analysis="{{ params.analysis or var.json.get('mlplat_canary_analysis', {}) }}",
         poll_interval=2,
+        require_approval="{{ params.require_approval }}",
     )
 
 

@@ -41,6 +41,11 @@ from airflow_provider_mlplat.sensors.mlflow import MLflowModelVersionSensor
         "max_regression": Param(0.02, type="number", minimum=0),
         "evidence": Param({}, type="object", description='upstream verdicts, e.g. {"gx": {"success": true}}'),
         "fail_on_reject": Param(False, type="boolean"),
+        "require_approval": Param(
+            False,
+            type="boolean",
+            description="ask a person (Required Actions) before the champion alias moves",
+        ),
     },
 )
 def model_promotion():
@@ -68,6 +73,7 @@ def model_promotion():
         max_regression="{{ params.max_regression }}",
         evidence="{{ params.evidence }}",
         fail_on_reject="{{ params.fail_on_reject }}",
+        require_approval="{{ params.require_approval }}",
     )
     wait >> evaluate >> promote
 

@@ -65,6 +65,11 @@ NOT_FEATURES = ("driver_id", "event_timestamp")
         "holdout_share": Param(
             0.2, type="number", minimum=0.05, maximum=0.5, description="newest rows held out"
         ),
+        "require_approval": Param(
+            False,
+            type="boolean",
+            description="ask a person (Required Actions) before the champion alias moves",
+        ),
     },
 )
 def training_pipeline():
@@ -147,6 +152,7 @@ def training_pipeline():
         max_regression=0.02,
         evidence={"training_set": validate.output},
         trigger_rule="none_failed",  # evaluate_champion is skipped while there is no champion
+        require_approval="{{ params.require_approval }}",
     )
     train >> [evaluate, evaluate_champion] >> promote
 

@@ -158,6 +158,7 @@ class RolloutPlan(Plan):
     :param origin: ``dag_id``, ``run_id``, ``task_id`` and ``map_index`` of the task (labels, records).
     :param started_at: ISO time the rollout started.
     :param history: one entry per finished wait (phase, percent, status, evidence).
+    :param approval: a person's answer before the last step (verdict, who, when), when one was asked.
     """
 
     deployment: str
@@ -174,6 +175,7 @@ class RolloutPlan(Plan):
     analysis: dict[str, Any] | None = None
     step: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    approval: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RolloutPlan:

@@ -28,6 +28,8 @@ EVALUATION_RUN_TAG = "mlplat.evaluation_run_id"
 TRAINING_SET_TAG = "mlplat.training_set.uri"
 TRAINING_SET_HASH_TAG = "mlplat.training_set.content_hash"
 TRAINING_SOURCE_TAG = "mlplat.training_set.source_uri"
+#: the last drift check of the traffic a version served (JSON: share, verdict, drifted features, report)
+DRIFT_TAG = "mlplat.drift.last"
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
 
 

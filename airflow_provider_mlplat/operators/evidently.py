@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -12,7 +13,7 @@ from airflow.sdk import AssetAlias, BaseOperator
 from airflow_provider_mlplat.assets import drift_asset, kserve_asset
 from airflow_provider_mlplat.exceptions import MLPlatConfigError
 from airflow_provider_mlplat.extras import require_extra
-from airflow_provider_mlplat.hooks.mlflow import TRAINING_SET_TAG
+from airflow_provider_mlplat.hooks.mlflow import DRIFT_TAG, TRAINING_SET_TAG
 from airflow_provider_mlplat.lineage import LineageDataset, LineageMixin
 from airflow_provider_mlplat.links.evidently import EvidentlyReportLink
 from airflow_provider_mlplat.times import as_utc
@@ -63,6 +64,9 @@ EVENT_FACTS = ("model_name", "version", "deployment", "window_start", "window_en
                "drifted_features", "report_uri")  # fmt: skip
 SERVED_FACTS = ("window_start", "window_end", "rows_current", "versions_served")
 VERDICT_FACTS = ("drift_share", "detected", "drifted_features", "report_uri")
+#: the version's drift tag, which the Models view reads
+DRIFT_TAG_FACTS = ("window_start", "window_end", "rows_current", "drift_share", "drift_share_threshold",
+                   "detected", "drifted_features", "report_uri")  # fmt: skip
 
 
 def _pick(summary: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -272,7 +276,8 @@ class EvidentlyDriftOperator(LineageMixin, BaseOperator):
         # the version that served most rows; on a tie the newest
         version = str(self.model_version or max(served.index, key=lambda v: (served[v], int(v))))
 
-        found = MLflowHook(self.mlflow_conn_id).model_version(self.model_name, version)
+        mlflow = MLflowHook(self.mlflow_conn_id)
+        found = mlflow.model_version(self.model_name, version)
         training_set = (found.tags or {}).get(TRAINING_SET_TAG)
         if not training_set:
             raise MLPlatConfigError(
@@ -325,6 +330,9 @@ class EvidentlyDriftOperator(LineageMixin, BaseOperator):
             "DETECTED" if result.detected else "not detected",
             result.share, self.drift_share, result.drifted, summary["report_uri"],
         )  # fmt: skip
+        mlflow.set_version_tags(
+            self.model_name, version, {DRIFT_TAG: json.dumps(_pick(summary, DRIFT_TAG_FACTS), default=str)}
+        )
         self.record_lineage(
             inputs=[
                 LineageDataset(

@@ -13,6 +13,7 @@ from typing import Any
 
 from airflow.sdk import AssetAlias, BaseOperator
 
+from airflow_provider_mlplat.approval import approval_flag, read_answer, request_approval, rollout_evidence
 from airflow_provider_mlplat.assets import kserve_asset, mlflow_model_asset
 from airflow_provider_mlplat.exceptions import MLPlatConfigError, RolloutFailed
 from airflow_provider_mlplat.hooks.kserve import KServeHook, make_target
@@ -25,6 +26,7 @@ from airflow_provider_mlplat.hooks.kserve_target import (
     deployment_name,
 )
 from airflow_provider_mlplat.lineage import LineageDataset, LineageMixin
+from airflow_provider_mlplat.links.kserve import KServeEndpointLink
 from airflow_provider_mlplat.rollback import roll_back, tag_version, write_record
 
 #: the alias through which rollouts emit ``kserve://<namespace>/<name>`` (namespace known at run time)
@@ -213,6 +215,9 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
     :param skip_analysis: shift through the steps without the Prometheus gate (the gate is on by default).
     :param smoke_input: rows for the smoke request (default: the model's input example).
     :param restore_alias: move ``model_alias`` back to ``previous_alias`` when the rollout fails.
+    :param require_approval: ask a person (Airflow's HITL, with the canary figures) before the last
+        canary step; a rejection rolls the canary back and is recorded, the task does not fail.
+    :param approval_timeout: seconds to wait for the answer (then: rejected); None waits for ever.
     :param ready_timeout: seconds each step may take to become ready.
     :param poll_interval: seconds between readiness polls.
     :param predictor: extra InferenceService predictor fields on Kubernetes (``resources``,
@@ -233,7 +238,9 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
         "canary_steps",
         "analysis",
         "smoke_input",
+        "require_approval",
     )
+    operator_extra_links = (KServeEndpointLink(),)
 
     def __init__(
         self,
@@ -250,6 +257,8 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
         skip_analysis: bool = False,
         smoke_input: list[dict[str, Any]] | None = None,
         restore_alias: bool = True,
+        require_approval: bool = False,
+        approval_timeout: float | None = None,
         ready_timeout: float = 600,
         poll_interval: float = 5,
         predictor: Mapping[str, Any] | None = None,
@@ -271,6 +280,8 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
         self.skip_analysis = skip_analysis
         self.smoke_input = smoke_input
         self.restore_alias = restore_alias
+        self.require_approval = require_approval
+        self.approval_timeout = approval_timeout
         self.ready_timeout = ready_timeout
         self.poll_interval = poll_interval
         self.predictor = predictor
@@ -432,7 +443,9 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
         The step loop: wait for the step (at once when it is ready and nothing is held, else deferred),
         act on it, start the next; finish once promoted. A failure inside rolls back exactly once.
         """
-        while phase is not None and expect is not None:
+        while phase is not None:
+            if phase == "approve":
+                self._ask_approval(context, plan)  # parks the task until a person answers
             with self._rollback_on_error(plan):
                 event = self._wait(plan, phase, expect, hold)
             phase, expect, hold = self._on_event(plan, event)
@@ -496,11 +509,16 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
                 return self._next(plan, target, (plan.step or 0) + 1)
         return None, None, 0
 
-    def _next(self, plan: RolloutPlan, target: RolloutTarget, index: int) -> tuple[str, Expectation, float]:
-        """Start step ``index``: shift to its percentage (held for analysis), or promote at 100%."""
+    def _next(
+        self, plan: RolloutPlan, target: RolloutTarget, index: int
+    ) -> tuple[str, Expectation | None, float]:
+        """Start step ``index``: shift to its percentage (held for analysis), ask for the approval the
+        last step needs (phase ``approve``), or promote at 100%."""
         model = plan.model
         percent = plan.steps[index]
         if percent == 100:
+            if len(plan.steps) > 1 and plan.approval is None and approval_flag(self.require_approval):
+                return "approve", None, 0  # a person decides before the last step
             self.log.info("promoting %s v%s", model.model_name, model.version)
             return "promote", target.promote(plan.deployment, model, plan.stable), 0
         plan.step = index
@@ -508,6 +526,38 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
         hold = plan.analysis["window_seconds"] if plan.analysis else 0
         self.log.info("canary at %s%%; holding %.0f s for analysis", percent, hold)
         return "step", expect, hold
+
+    def _ask_approval(self, context: Any, plan: RolloutPlan) -> None:
+        """Park the task for a person's answer on the last step, with the canary figures (HITL)."""
+        model = plan.model
+        request_approval(
+            context,
+            subject=f"Send all traffic of {plan.deployment} to {model.model_name} v{model.version}?",
+            evidence=rollout_evidence(plan.to_dict()),
+            method_name="execute_approval",
+            carry=plan.to_dict(),
+            timeout=self.approval_timeout,
+        )
+
+    def execute_approval(self, context: Any, carry: dict[str, Any], event: dict[str, Any]):
+        """
+        Resume with the person's answer before the last step: promote, or roll the canary back and
+        record the rejection (a decision: the task succeeds with outcome ``rejected``).
+
+        :param context: the task's context.
+        :param carry: the rollout plan.
+        :param event: the HITL answer.
+        """
+        plan = self._plan = RolloutPlan.from_dict(carry)
+        plan.approval = read_answer(event)
+        if plan.approval["verdict"] == "approved":
+            with self._rollback_on_error(plan):
+                phase, expect, hold = self._next(plan, make_target(plan.target), len(plan.steps) - 1)
+            return self._advance(context, plan, phase, expect, hold)
+        self._plan = None
+        message, uri = roll_back(plan, f"the last step was {plan.approval['detail']}", outcome="rejected")
+        return {"outcome": "rejected", "deployment": plan.deployment, "version": plan.model.version,
+                "approval": plan.approval, "detail": message, "decision_record": uri}  # fmt: skip
 
     def _smoke(self, plan: RolloutPlan, target: RolloutTarget) -> dict[str, Any]:
         rows = plan.smoke_rows
@@ -565,6 +615,8 @@ class KServeRolloutOperator(LineageMixin, BaseOperator):
         facts = target.describe(plan.deployment)
         asset = kserve_asset(target.namespace, plan.deployment)
         uri = write_record(plan, {"outcome": outcome, **facts})
+        if facts.get("url"):
+            KServeEndpointLink.persist(context, facts["url"])
         summary = {
             "deployment": plan.deployment,
             "namespace": target.namespace,

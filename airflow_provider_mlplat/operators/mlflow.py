@@ -246,12 +246,17 @@ class MLflowPromoteModelOperator(LineageMixin, BaseOperator):
     :param champion_alias: alias of the model to serve.
     :param previous_alias: alias the replaced champion gets (for rollback).
     :param lock_timeout: seconds to wait while another promotion of the same model runs.
+    :param require_approval: when the gates would promote, ask a person first (Airflow's HITL, with
+        the metrics and gates); their answer is evidence ``human_approval``: a rejection is a
+        recorded ``rejected`` decision and no alias moves.
+    :param approval_timeout: seconds to wait for the answer (then: rejected); None waits for ever.
     :param mlflow_conn_id: Airflow connection of type ``mlflow``.
     """
 
     template_fields: Sequence[str] = (
         "model_name",
         "challenger",
+        "require_approval",
         "primary_metric",
         "thresholds",
         "min_improvement",
@@ -278,6 +283,8 @@ class MLflowPromoteModelOperator(LineageMixin, BaseOperator):
         champion_alias: str = "champion",
         previous_alias: str = "previous-champion",
         lock_timeout: float = 60.0,
+        require_approval: bool = False,
+        approval_timeout: float | None = None,
         mlflow_conn_id: str = MLflowHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
@@ -296,9 +303,33 @@ class MLflowPromoteModelOperator(LineageMixin, BaseOperator):
         self.champion_alias = champion_alias
         self.previous_alias = previous_alias
         self.lock_timeout = lock_timeout
+        self.require_approval = require_approval
+        self.approval_timeout = approval_timeout
         self.mlflow_conn_id = mlflow_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
+        """Decide (asking a person first when ``require_approval``), record, move the aliases."""
+        return self._promote(context, approval=None)
+
+    def execute_approved(
+        self, context: Context, carry: dict[str, Any], event: dict[str, Any]
+    ) -> dict[str, Any]:
+        """
+        Resume with the person's answer: decide on the version they were asked about.
+
+        :param context: the task's context.
+        :param carry: ``{"version": ...}`` asked about.
+        :param event: the HITL answer.
+        """
+        from airflow_provider_mlplat.approval import read_answer
+
+        answer = read_answer(event)
+        self.log.info("promotion of %s v%s %s", self.model_name, carry["version"], answer["detail"])
+        self.challenger = carry["version"]
+        return self._promote(context, approval=answer)
+
+    def _promote(self, context: Context, approval: dict[str, Any] | None) -> dict[str, Any]:
+        from airflow_provider_mlplat.approval import approval_flag, request_approval
         from airflow_provider_mlplat.artifacts import task_artifact_dir, write_json
         from airflow_provider_mlplat.promotion import Promotion, PromotionGates
 
@@ -321,18 +352,33 @@ class MLflowPromoteModelOperator(LineageMixin, BaseOperator):
             name = f"decision-{self.model_name}-v{record['challenger']['version']}.json"
             return write_json(task_artifact_dir(context, "promotion") / name, record)
 
-        result = Promotion(
+        evidence = dict(self.evidence or {})
+        if approval is not None:
+            evidence["human_approval"] = approval
+        promotion = Promotion(
             hook=hook,
             model_name=self.model_name,
             challenger=str(self.challenger),
             gates=gates,
-            evidence=dict(self.evidence or {}),
+            evidence=evidence,
             decided_by=_task_key(context),
             write_record=write_record,
             champion_alias=self.champion_alias,
             previous_alias=self.previous_alias,
             lock_timeout=self.lock_timeout,
-        ).run()
+        )
+        if approval is None and approval_flag(self.require_approval):
+            preview = promotion.preview()
+            if preview is not None and preview["decision"] == "promoted":
+                request_approval(
+                    context,
+                    subject=f"Promote {self.model_name} v{preview['version']} to @{self.champion_alias}?",
+                    evidence={**preview, "evidence": evidence},
+                    method_name="execute_approved",
+                    carry={"version": preview["version"]},
+                    timeout=self.approval_timeout,
+                )
+        result = promotion.run()
         _persist_links(
             context,
             hook,

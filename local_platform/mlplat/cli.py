@@ -74,8 +74,9 @@ def _print_status(services: dict, plat) -> None:
         procs = ", ".join(f"{p}={s}" for p, s in info.get("processes", {}).items())
         print(f"  {mark} {name:<8} {info['url']:<26} {info['detail']}" + (f"  [{procs}]" if procs else ""))
     if "airflow" in services:
-        password = plat.secrets()["airflow_admin_password"]
-        print(f"  Airflow login: admin / {password}")
+        sec = plat.secrets()
+        print(f"  Airflow login: admin / {sec['airflow_admin_password']}")
+        print(f"  read-only login: viewer / {sec['airflow_viewer_password']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,9 +19,10 @@ ENV_NAMES = {
 
 
 def generate() -> dict[str, str]:
-    """Fresh secrets: Airflow admin password, JWT secret and Fernet key, Ray token."""
+    """Fresh secrets: Airflow admin and viewer passwords, JWT secret and Fernet key, Ray token."""
     return {
         "airflow_admin_password": secrets.token_urlsafe(12),
+        "airflow_viewer_password": secrets.token_urlsafe(12),  # a read-only login (role VIEWER)
         "airflow_jwt_secret": secrets.token_urlsafe(64),  # Airflow wants 64+ bytes
         "airflow_fernet_key": base64.urlsafe_b64encode(
             os.urandom(32)
@@ -42,7 +43,7 @@ def write_env(path: Path) -> bool:
     path.touch(mode=0o600)
     path.write_text(
         "# secrets of the container stack, generated once by `make compose-env`; keep out of version control\n"
-        + "".join(f"{ENV_NAMES[key]}={value}\n" for key, value in values.items())
+        + "".join(f"{ENV_NAMES[key]}={value}\n" for key, value in values.items() if key in ENV_NAMES)
     )
     return True
 

@@ -240,8 +240,13 @@ class Platform:
         """Generated once per home and kept there (mode 0600): passwords, tokens, keys."""
         path = self.home / "secrets.json"
         if path.exists():
-            return json.loads(path.read_text())
-        values = keys.generate()
+            values = json.loads(path.read_text())
+            missing = {k: v for k, v in keys.generate().items() if k not in values}  # a home from before
+            if not missing:
+                return values
+            values.update(missing)
+        else:
+            values = keys.generate()
         self.home.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
         path.write_text(json.dumps(values, indent=2))
@@ -264,7 +269,7 @@ class Platform:
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__FERNET_KEY": sec["airflow_fernet_key"],
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
             "AIRFLOW__API__BASE_URL": api,
             "AIRFLOW__API__HOST": "127.0.0.1",
@@ -515,7 +520,9 @@ class Platform:
         sec = self.secrets()
         passwords = self.home / "airflow" / "passwords.json"
         passwords.touch(mode=0o600)
-        passwords.write_text(json.dumps({"admin": sec["airflow_admin_password"]}))
+        passwords.write_text(
+            json.dumps({"admin": sec["airflow_admin_password"], "viewer": sec["airflow_viewer_password"]})
+        )
         token = self.home / "ray" / "auth_token"
         token.touch(mode=0o600)
         token.write_text(sec["ray_auth_token"])

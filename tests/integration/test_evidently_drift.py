@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from airflow_provider_mlplat.exceptions import MLPlatConfigError
+from airflow_provider_mlplat.hooks.mlflow import DRIFT_TAG, MLflowHook
 from tests.drift_support import (
     FEATURES,
     WINDOW,
@@ -46,7 +48,15 @@ def test_same_distribution_is_no_drift_and_emits_no_event(drift_env):
         assert metrics["mlplat_drift_score", feature] == pytest.approx(score)
     report = Path(summary["report_uri"].removeprefix("file://"))
     assert "<html" in report.read_text()[:1000].lower()
-    assert ctx["ti"].xcoms["_link_EvidentlyReportLink"] == summary["report_uri"]
+    link = ctx["ti"].xcoms["_link_EvidentlyReportLink"]  # served by the UI plugin: file:// does not open
+    assert link.endswith("/mlplat/reports?uri=" + quote(summary["report_uri"], safe=""))
+    # the Models view reads the last check from the served version's tag
+    tag = json.loads(MLflowHook().client.get_model_version(model, "1").tags[DRIFT_TAG])
+    assert (tag["drift_share"], tag["detected"], tag["report_uri"]) == (
+        summary["drift_share"],
+        False,
+        summary["report_uri"],
+    )
 
 
 def drift_events_of_run(run_id: str) -> dict[str, dict]:

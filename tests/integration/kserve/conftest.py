@@ -173,11 +173,14 @@ def run_operator(operator, run_id: str | None = None, timeout: float = 240) -> t
     from airflow.sdk.execution_time.context import OutletEventAccessors
     from airflow.sdk.serde import deserialize, serialize
 
+    xcoms: dict[str, Any] = {}
     ti = SimpleNamespace(
         dag_id="kserve_tests",
         run_id=run_id or f"test__{uuid.uuid4().hex[:8]}",
         task_id=operator.task_id,
         map_index=-1,
+        xcoms=xcoms,  # what the task pushed (extra links)
+        xcom_push=lambda key, value: xcoms.__setitem__(key, value),
     )
     context: dict[str, Any] = {"ti": ti, "outlet_events": OutletEventAccessors()}
     method, kwargs = operator.execute, {}

@@ -174,8 +174,9 @@ def test_direct_strategy_switches_all_traffic_after_the_smoke_request(serving, r
     operator = KServeRolloutOperator(
         task_id="rollout", model_name=model, model_version=new, strategy="direct"
     )
-    result, _ = run_operator(operator)
+    result, context = run_operator(operator)
     assert (result["outcome"], result["steps"], result["traffic"]) == ("promoted", [100], {new: 100})
+    assert context["ti"].xcoms["_link_KServeEndpointLink"] == result["url"]  # the rollout's extra link
     state = deployment(serving, name)
     assert (state["stable"], state["canary"], state["revision"]) == (new, None, 2)  # one switch, no split
     assert not loaded(serving, f"{model}@{old}")
