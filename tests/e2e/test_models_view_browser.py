@@ -8,6 +8,9 @@ from urllib.parse import unquote
 
 import httpx
 import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
 
 from airflow_provider_mlplat.testing.ci import unavailable
 from tests.conftest import REPO
@@ -27,10 +30,6 @@ def chromium() -> None:
         unavailable(
             f"{', '.join(missing)} missing: install Debian's chromium and chromium-driver (make system-deps)"
         )
-    import importlib.util
-
-    if importlib.util.find_spec("selenium") is None:
-        unavailable("selenium is not installed (a dev dependency: uv sync)")
 
 
 @pytest.fixture
@@ -61,9 +60,6 @@ def shot(driver, name: str) -> None:
 
 def login(driver, base: str, user: str, password: str) -> None:
     """Log in through the Airflow UI's login form (simple auth manager): the UI keeps its JWT in ``_token``."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(f"{base}/")
     wait = WebDriverWait(driver, 90)
@@ -74,23 +70,35 @@ def login(driver, base: str, user: str, password: str) -> None:
     wait.until(lambda d: d.get_cookie("_token") is not None)
 
 
-def open_models_view(driver, base: str) -> None:
-    """The "Models" nav entry (an external view: the Airflow UI frames /mlplat/), then the model's page."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
+def open_models_view(driver) -> None:
+    """Plugins -> ML platform -> Models in the Airflow UI's nav (an external view framing /mlplat/), then the model."""
 
     wait = WebDriverWait(driver, 90)
-    driver.get(f"{base}/plugin/mlplat-models")
-    frame = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "iframe[src*='/mlplat/']")))
+
+    def menu_item(text: str):
+        return wait.until(
+            ec.element_to_be_clickable((By.XPATH, f"//*[@role='menuitem'][normalize-space()='{text}']"))
+        )
+
+    wait.until(ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Plugins']"))).click()
+    menu_item("ML platform").click()
+    menu_item("Models").click()
+    frame = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "iframe[src$='/mlplat/']")))
     driver.switch_to.frame(frame)
+    open_model(driver)
+
+
+def open_model(driver) -> None:
+    """In the view's frame: the model's page from the list of models."""
+    wait = WebDriverWait(driver, 90)
+    page = driver.find_element(By.TAG_NAME, "html")
     wait.until(ec.element_to_be_clickable((By.LINK_TEXT, MODEL))).click()
+    wait.until(ec.staleness_of(page))
     wait.until(ec.presence_of_element_located((By.ID, "actions")))
 
 
 def shown(driver) -> dict:
     """What the model page shows: versions with aliases, traffic and revision, the last drift check."""
-    from selenium.webdriver.common.by import By
 
     def text(css: str) -> str:
         return driver.find_element(By.CSS_SELECTOR, css).text.strip()
@@ -133,9 +141,8 @@ def traffic_of(state: dict) -> dict[str, str]:
     return traffic
 
 
-@pytest.mark.timeout(
-    1200
-)  # the loop when this test is the first to ask for it (~8-15 min), ~1-2 min of its own
+# the loop when this test is the first to ask for it (~8-15 min), then ~1-2 min of its own
+@pytest.mark.timeout(1200)
 def test_the_models_view_shows_what_mlflow_and_the_model_server_hold_and_rolls_back(
     chromium, closed_loop, browser
 ):
@@ -146,7 +153,7 @@ def test_the_models_view_shows_what_mlflow_and_the_model_server_hold_and_rolls_b
     driver, base = browser, closed_loop.base_url
     try:
         login(driver, base, "admin", closed_loop.platform.secrets()["airflow_admin_password"])
-        open_models_view(driver, base)
+        open_models_view(driver)
         shot(driver, "02-model-after-the-loop")
         page = shown(driver)
 
@@ -194,16 +201,14 @@ def test_the_models_view_shows_what_mlflow_and_the_model_server_hold_and_rolls_b
         assert run["run_type"] == "manual" and run["state"] in ("queued", "running", "success"), run
         assert run["conf"] == {"model_name": MODEL, "model_version": first, "strategy": "direct"}
         finished = closed_loop.api.wait_for_run("deployment_pipeline", run_id, timeout=240)
-        assert finished["state"] == "success", finished
+        assert finished["state"] == "success", {t["task_id"]: t["state"] for t in finished["tasks"]}
 
         state = deployment(closed_loop)
         assert (state["stable"], state["canary"], state["ready"]) == (first, None, True)
-        driver.refresh()
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.support import expected_conditions as ec
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        WebDriverWait(driver, 90).until(ec.presence_of_element_located((By.ID, "actions")))
+        page = driver.find_element(By.TAG_NAME, "html")
+        driver.find_element(By.LINK_TEXT, "All models").click()  # and back: the page read afresh
+        WebDriverWait(driver, 90).until(ec.staleness_of(page))
+        open_model(driver)
         shot(driver, "04-after-the-rollback")
         page = shown(driver)
         assert page["traffic"] == traffic_of(state) == {first: "100%"}
@@ -216,10 +221,6 @@ def test_the_models_view_shows_what_mlflow_and_the_model_server_hold_and_rolls_b
 
 def roll_back(driver) -> str:
     """Click "Roll back to the previous champion"; the id of the run the view says it started."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
     driver.find_element(By.ID, "action-rollback").click()
     result = WebDriverWait(driver, 60).until(
         lambda d: (r := d.find_element(By.ID, "action-result")).get_attribute("data-status") and r
