@@ -144,7 +144,8 @@ class ModelsReader:
 
         :param name: registered model name.
         """
-        from airflow_provider_mlplat.hooks.kserve import KServeHook, deployment_name
+        from airflow_provider_mlplat.hooks.kserve import KServeHook
+        from airflow_provider_mlplat.hooks.kserve_target import deployment_name
 
         target = KServeHook(self.kserve_conn_id).target()
         deployment = deployment_name(name)

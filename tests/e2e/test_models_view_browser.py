@@ -104,7 +104,9 @@ def shown(driver) -> dict:
         return driver.find_element(By.CSS_SELECTOR, css).text.strip()
 
     versions = {
-        row.get_attribute("data-version"): row.find_element(By.CSS_SELECTOR, "td.aliases").text.split()
+        row.get_attribute("data-version"): [
+            a.text for a in row.find_elements(By.CSS_SELECTOR, "td.aliases .alias")
+        ]
         for row in driver.find_elements(By.CSS_SELECTOR, "#versions tr[data-version]")
     }
     traffic = {
@@ -112,6 +114,7 @@ def shown(driver) -> dict:
         for row in driver.find_elements(By.CSS_SELECTOR, "#traffic tr[data-version]")
     }
     errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "[data-error]")]
+    assert errors == [], errors  # every part of the page was read
     return {
         "versions": versions,
         "traffic": traffic,
@@ -122,7 +125,6 @@ def shown(driver) -> dict:
             "features": text("#drift .features"),
             "line": text("#drift p"),
         },
-        "errors": errors,
     }
 
 
@@ -166,16 +168,13 @@ def test_the_models_view_shows_what_mlflow_and_the_model_server_hold_and_rolls_b
             closed_loop.report["versions"]["first"],
             closed_loop.report["versions"]["retrained"],
         )
-        assert aliases == {"champion": retrained, "previous-champion": first}
-
-        assert page["errors"] == []
+        assert (aliases["champion"], aliases["previous-champion"]) == (retrained, first)
         assert page["versions"] == {
             str(v.version): sorted(f"@{a}" for a, n in aliases.items() if n == str(v.version))
             for v in registered
         }
-        assert page["versions"][retrained] == ["@champion"] and page["versions"][first] == [
-            "@previous-champion"
-        ]
+        assert "@champion" in page["versions"][retrained]  # (@challenger too: the training set it)
+        assert "@previous-champion" in page["versions"][first]
         assert list(page["versions"]) == sorted(page["versions"], key=int, reverse=True)
         # the canary finished: the retrained version takes all the traffic
         assert (state["stable"], state["canary"]) == (retrained, None)
@@ -213,7 +212,7 @@ def test_the_models_view_shows_what_mlflow_and_the_model_server_hold_and_rolls_b
         page = shown(driver)
         assert page["traffic"] == traffic_of(state) == {first: "100%"}
         assert page["revision"] == str(state["revision"])
-        assert page["versions"][retrained] == ["@champion"]  # a rollback moves traffic, not the alias
+        assert "@champion" in page["versions"][retrained]  # a rollback moves traffic, not the alias
     except BaseException:
         shot(driver, "99-failure")
         raise
