@@ -34,6 +34,15 @@ system-deps:
 	    echo "install Debian's prometheus and prometheus-pushgateway (the platform runs its own instances)"; exit 1; \
 	  fi; \
 	fi
+	@# headless Chromium and its driver for the browser test of the Models view (tests/e2e)
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "install Debian's chromium and chromium-driver (the browser test of the Models view)"; exit 1; \
+	  fi; \
+	fi
 
 demo: install
 	$(RUN) mlplat demo

@@ -8,38 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_mlplat.testing.services import running_platform
-
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.timeout(900)  # ~8 min on a quiet 2-core machine
-def test_the_loop_closes_with_no_manual_step_after_the_feature_run(tmp_path, capsys, postgres_db_factory):
-    import httpx
-
-    from mlplat.airflow_api import AirflowRestClient
-    from mlplat.closed_loop import ClosedLoop, LoopSettings
+@pytest.mark.timeout(900)  # ~8 min on a quiet 2-core machine: the loop runs in the closed_loop fixture
+def test_the_loop_closes_with_no_manual_step_after_the_feature_run(closed_loop, capsys):
     from mlplat.demo import print_report
-    from mlplat.platform import ALL_SERVICES
 
-    # Airflow on PostgreSQL, as in production: four components and the REST API write concurrently
-    db = postgres_db_factory()
-    lineage = tmp_path / "lineage.jsonl"
-    transport = json.dumps({"type": "file", "log_file_path": str(lineage), "append": True})
-    with running_platform(
-        tmp_path / "home", ALL_SERVICES, airflow_db_url=db, openlineage_transport=transport
-    ) as platform:
-        s = platform.settings
-        api = AirflowRestClient(
-            f"http://127.0.0.1:{s.airflow_port}", "admin", platform.secrets()["airflow_admin_password"]
-        )
-        report = ClosedLoop(platform, api, LoopSettings(phase_seconds=15)).run()
-        import mlflow
-
-        client = mlflow.MlflowClient(f"http://127.0.0.1:{s.mlflow_port}")
-        aliases = dict(client.get_registered_model("trip_completion").aliases)
-        serving = httpx.get(f"http://127.0.0.1:{s.model_server_port}/v1/models/trip-completion").json()
-        api_runs = {dag: api.run_ids(dag) for dag in ("training_pipeline", "deployment_pipeline")}
+    report, aliases, serving, api = (
+        closed_loop.report,
+        closed_loop.aliases,
+        closed_loop.serving,
+        closed_loop.api,
+    )
+    api_runs = {dag: api.run_ids(dag) for dag in ("training_pipeline", "deployment_pipeline")}
 
     timeline = report["timeline"]
     assert [(e["dag_id"], e["run_type"]) for e in timeline] == [
@@ -86,13 +68,15 @@ def test_the_loop_closes_with_no_manual_step_after_the_feature_run(tmp_path, cap
     assert {key.split()[0] for key in answered} == {f"v{first}", f"v{retrained}"}
     assert {key.split()[1] for key in answered} == {"200"}
 
-    capsys.readouterr()  # the loop's progress lines
+    capsys.readouterr()
     print_report(report)  # what `mlplat demo` prints at the end
     printed = capsys.readouterr().out
     assert f"Model versions: v{first} (first champion) -> v{retrained} (after drift)" in printed
     assert f"Serving trip-completion: v{retrained}" in printed and "10% -> 50% -> 100%" in printed
     assert printed.count("monitoring_pipeline") == 3 and "Drift of the drifted traffic" in printed
-    assert lineage_path(lineage, "feast://rides/driver_hourly_stats", "drift://models/trip_completion")
+    assert lineage_path(
+        closed_loop.lineage, "feast://rides/driver_hourly_stats", "drift://models/trip_completion"
+    )
 
 
 def lineage_path(events: Path, source: str, target: str) -> list[str]:
