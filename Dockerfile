@@ -43,6 +43,7 @@ COPY airflow_provider_mlplat airflow_provider_mlplat
 COPY local_platform/mlplat local_platform/mlplat
 COPY dags dags
 COPY include include
+COPY plugins plugins
 RUN --mount=type=secret,id=ca_bundle --mount=type=cache,target=/root/.cache/uv \
     if [ -s /run/secrets/ca_bundle ]; then export SSL_CERT_FILE=/run/secrets/ca_bundle; fi \
  && /opt/uv/bin/uv build --wheel --package airflow-provider-mlplat --out-dir /wheels \
