@@ -155,7 +155,8 @@ from airflow_provider_mlplat.testing.kubernetes.kserve_controller import FakeKSe
 
 ISVC = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
         "metadata": {"name": "trips", "namespace": "default"},
-        "spec": {"predictor": {"model": {"modelFormat": {"name": "mlflow"}, "storageUri": "s3://models/trips"}}}}
+        "spec": {"predictor": {"model": {"modelFormat": {"name": "mlflow"}, "protocolVersion": "v2",
+                                          "storageUri": "s3://models/trips"}}}}
 
 
 def test_our_manifest_is_valid_and_survives_an_api_outage(k8s, validate_manifest):
