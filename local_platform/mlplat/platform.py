@@ -220,6 +220,10 @@ def connections(endpoints: Endpoints) -> dict[str, dict[str, Any]]:
     return conns
 
 
+#: restarts by supervisord a service may take while the platform comes up, before it counts as broken
+MAX_RESTARTS = 2
+
+
 class Platform:
     """
     The local platform under one ``$MLPLAT_HOME``: ``up``, ``status``, ``down``.
@@ -650,17 +654,25 @@ class Platform:
 
     def wait_healthy(self, timeout: float) -> None:
         """
-        Wait until every service answers; fail early with its log tail when one dies, or exits and
-        is restarted by supervisord (a process that crashes after ``startsecs`` loops that way).
+        Wait until every service answers; fail early with its log tail when one dies, or keeps
+        exiting and being restarted by supervisord (a process that crashes after ``startsecs`` loops
+        that way). One restart is a second chance, not a failure: Ray's head can time out once on a
+        loaded machine ("Timed out waiting for node info") and come up on its next start.
         """
         deadline = time.monotonic() + timeout
-        pids: dict[str, int] = {}
+        pids: dict[str, set[int]] = {}
         while True:
             for info in self.rpc().getAllProcessInfo() if self.supervisor_running() else []:
                 name, state, pid = info["name"], info["statename"], info["pid"]
-                restarted = bool(pid) and pids.setdefault(name, pid) != pid
-                if state in ("FATAL", "EXITED", "BACKOFF") or restarted:
-                    what = f"exited and was restarted (now {state})" if restarted else f"is {state}"
+                seen = pids.setdefault(name, set())
+                seen.update({pid} if pid else set())
+                restarts = len(seen) - 1
+                if state in ("FATAL", "EXITED", "BACKOFF") or restarts > MAX_RESTARTS:
+                    what = (
+                        f"exited and was restarted {restarts} times (now {state})"
+                        if restarts
+                        else f"is {state}"
+                    )
                     raise MLPlatServiceUnavailable(
                         f"{name} {what}; last lines of its log:\n{self.log_tail(name)}"
                     )
