@@ -28,6 +28,18 @@ VERSION_LABEL = "mlplat.io/model-version"
 MODES = {"Knative": ("Serverless", "Knative"), "Standard": ("RawDeployment", "Standard")}
 
 
+def stable_version(isvc: dict[str, Any]) -> str:
+    """
+    The version an InferenceService serves as stable: the rollout's annotation, else its version
+    label; ``unknown`` for a service this provider did not create (it serves something: never empty).
+
+    :param isvc: the InferenceService.
+    """
+    meta = isvc["metadata"]
+    annotations, labels = meta.get("annotations") or {}, meta.get("labels") or {}
+    return annotations.get(STABLE_ANNOTATION) or labels.get(VERSION_LABEL) or "unknown"
+
+
 def normalize_mode(value: str, where: str) -> str:
     """
     ``Knative`` or ``Standard`` for any spelling KServe accepts; an error naming the value otherwise.

@@ -10,6 +10,7 @@ from airflow_provider_mlplat.hooks.kserve_isvc import (
     VERSION_LABEL,
     InferenceServiceTarget,
     deployment_mode,
+    stable_version,
 )
 from airflow_provider_mlplat.hooks.kserve_target import Deployed, Expectation
 
@@ -42,8 +43,7 @@ class KnativeTarget(InferenceServiceTarget):
             return None
         meta, predictor = isvc["metadata"], isvc["spec"]["predictor"]
         version = (meta.get("labels") or {}).get(VERSION_LABEL)
-        # a service this provider did not create still serves something: never treat it as empty
-        stable = (meta.get("annotations") or {}).get(STABLE_ANNOTATION) or version or "unknown"
+        stable = stable_version(isvc)
         percent = predictor.get("canaryTrafficPercent")
         canary = version if percent is not None and version != stable else None
         mode = deployment_mode(isvc, self.config.deployment_mode)

@@ -17,6 +17,7 @@ from airflow_provider_mlplat.hooks.kserve_isvc import (
     deployment_mode,
     isvc_readiness,
     model_failure,
+    stable_version,
 )
 from airflow_provider_mlplat.hooks.kserve_target import Deployed, Expectation
 
@@ -70,9 +71,7 @@ class StandardTarget(InferenceServiceTarget):
             return None
         meta = isvc["metadata"]
         annotations = meta.get("annotations") or {}
-        stable = (
-            annotations.get(STABLE_ANNOTATION) or (meta.get("labels") or {}).get(VERSION_LABEL) or "unknown"
-        )
+        stable = stable_version(isvc)
         canaries = isvc["spec"].get("canary") or []
         canary = annotations.get(CANARY_ANNOTATION) if canaries else None
         percent = canaries[0].get("trafficPercent", 0) if canary else 0
